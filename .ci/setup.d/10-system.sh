@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# System packages the tests use: iproute2 (netns, veth, tc), openssh (real ssh into test hosts),
+# iperf3 (measured shaping), nftables (the swarm firewall).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends iproute2 openssh-server openssh-client iperf3 iputils-ping \
+  nftables procps >/dev/null

@@ -1,0 +1,103 @@
+"""Workarounds for upstream breakage in the 2026 Petals stack. Call ``apply()`` before ``import petals``.
+
+What broke, and when each piece can go:
+
+1. hivemind >= 1.1.12 (Jan 2026) no longer re-exports submodule names at top level, so petals
+   2.2.0.post1 fails with "cannot import name 'PeerID' from 'hivemind'". petals' own pin
+   (hivemind==1.1.10.post2) is an sdist that downloads a Go binary at build time and cannot be
+   installed offline. Remove ``_reexport_hivemind_names`` once a petals release imports from
+   hivemind's submodules (or pins an installable hivemind).
+2. ``petals.utils.version.validate_version`` asks PyPI for the latest version, with no timeout,
+   before every server starts: on an offline GPU host behind a dropping firewall start-up stalls,
+   and a private experiment must not talk to the internet at all. Always disabled here.
+3. Closing a server inference session can raise BrokenPipeError, which petals swallows while the
+   session stays "open"; the interpreter then hangs at exit (~3 in 55 client runs). We mark the
+   session closed in a ``finally``. Remove when petals fixes ``_ServerInferenceSession.close``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+# Names petals 2.2.0.post1 imports from the top-level ``hivemind`` package, and where they live now.
+_HIVEMIND_NAMES: dict[str, str] = {
+    "DHT": "hivemind.dht",
+    "P2P": "hivemind.p2p",
+    "P2PContext": "hivemind.p2p",
+    "PeerID": "hivemind.p2p",
+    "MSGPackSerializer": "hivemind.utils.serializer",
+    "get_logger": "hivemind.utils.logging",
+    "get_dht_time": "hivemind.utils.timed_storage",
+    "MAX_DHT_TIME_DISCREPANCY_SECONDS": "hivemind.utils.timed_storage",
+    "TimedStorage": "hivemind.utils.timed_storage",
+    "BatchTensorDescriptor": "hivemind.utils.tensor_descr",
+    "TensorDescriptor": "hivemind.utils.tensor_descr",
+    "nested_compare": "hivemind.utils.nested",
+    "nested_flatten": "hivemind.utils.nested",
+    "nested_pack": "hivemind.utils.nested",
+    "anext": "hivemind.utils.asyncio",
+    "serialize_torch_tensor": "hivemind.compression",
+    "deserialize_torch_tensor": "hivemind.compression",
+    "deserialize_tensor_stream": "hivemind.compression",
+}
+
+_applied = False
+
+
+def _offline_environment() -> None:
+    # Dummy-weight models are local folders: nothing may be fetched from the Hugging Face hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("BITSANDBYTES_NOWELCOME", "1")
+
+
+def _reexport_hivemind_names() -> None:
+    hivemind = importlib.import_module("hivemind")
+    for name, module_name in _HIVEMIND_NAMES.items():
+        if not hasattr(hivemind, name):
+            setattr(hivemind, name, getattr(importlib.import_module(module_name), name))
+
+
+def _disable_version_check() -> None:
+    import petals.utils.version as version
+    import petals.cli.run_server as run_server
+
+    def validate_version() -> None:  # no network: a private swarm never calls PyPI
+        return None
+
+    version.validate_version = validate_version
+    run_server.validate_version = validate_version
+
+
+def _close_sessions_even_on_broken_pipe() -> None:
+    from petals.client.inference_session import _ServerInferenceSession
+
+    original_close = _ServerInferenceSession.close
+    if getattr(original_close, "_netbench_patched", False):
+        return
+
+    def close(self) -> None:
+        try:
+            original_close(self)
+        except Exception:  # the stream is gone either way; what matters is not hanging at exit
+            pass
+        finally:
+            self._outputs_stream = self._inputs_queue = None
+            self.closed = True
+
+    close._netbench_patched = True  # type: ignore[attr-defined]
+    _ServerInferenceSession.close = close
+
+
+def apply() -> None:
+    """Make ``import petals`` work and behave in a private, offline swarm. Idempotent."""
+    global _applied
+    if _applied:
+        return
+    _offline_environment()
+    _reexport_hivemind_names()
+    _disable_version_check()
+    _close_sessions_even_on_broken_pipe()
+    _applied = True

@@ -1,0 +1,158 @@
+"""The models of the FlexGen paper's Petals benchmark, as BLOOM blocks with OPT dimensions.
+
+The paper's fork served BLOOM blocks resized to OPT-6.7B/30B/175B with random weights; we do the
+same, so ``hidden``/``layers``/``heads``/``vocab`` are the OPT numbers and the block is BLOOM's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+VOCAB_SIZE = 50272  # OPT's vocabulary, used by every model here (as in the paper's fork)
+
+# Weight formats a server can use: name -> (torch compute dtype, petals quant_type, bytes per weight)
+WEIGHT_DTYPES: dict[str, tuple[str, str, float]] = {
+    "float32": ("float32", "none", 4.0),
+    "float16": ("float16", "none", 2.0),
+    "bfloat16": ("bfloat16", "none", 2.0),
+    "int8": ("float16", "int8", 1.0),  # LLM.int8 via bitsandbytes, CUDA only
+    "nf4": ("float16", "nf4", 0.5),  # QLoRA 4-bit via bitsandbytes, CUDA only
+}
+CUDA_ONLY_DTYPES = frozenset({"int8", "nf4"})
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the name users type, e.g. facebook/opt-30b
+    hidden: int
+    layers: int
+    heads: int
+    dht_prefix: str
+    vocab: int = VOCAB_SIZE
+
+    @property
+    def params_per_block(self) -> int:
+        h = self.hidden
+        # BLOOM block: fused qkv (3h^2+3h), attention dense (h^2+h), MLP h->4h->h (8h^2+5h), 2 LayerNorms (4h)
+        return 12 * h * h + 13 * h
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden + 2 * self.hidden  # tied LM head; word_embeddings_layernorm
+
+    @property
+    def block_params(self) -> int:
+        return self.layers * self.params_per_block
+
+    def blocks_bytes(self, dtype: str, blocks: int | None = None) -> int:
+        """Bytes of weights for ``blocks`` transformer blocks (all of them by default) in ``dtype``."""
+        count = self.layers if blocks is None else blocks
+        return int(count * self.params_per_block * bytes_per_weight(dtype))
+
+    def model_bytes(self, dtype: str) -> int:
+        """Bytes of the whole model (blocks + embeddings): what a decode step must stream from memory."""
+        return int((self.block_params + self.embedding_params) * bytes_per_weight(dtype))
+
+    def bloom_config(self) -> dict:
+        return {
+            "architectures": ["BloomForCausalLM"],
+            "model_type": "bloom",
+            "hidden_size": self.hidden,
+            "n_layer": self.layers,
+            "n_head": self.heads,
+            "vocab_size": self.vocab,
+            "layer_norm_epsilon": 1e-5,
+            "initializer_range": 0.02,
+            "apply_residual_connection_post_layernorm": False,
+            "bos_token_id": 2,
+            "eos_token_id": 2,
+            "pad_token_id": 1,
+            "use_cache": True,
+            "torch_dtype": "float16",
+            "netbench_model": self.name,
+        }
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("facebook/opt-6.7b", hidden=4096, layers=32, heads=32, dht_prefix="opt6b"),
+        ModelSpec("facebook/opt-30b", hidden=7168, layers=48, heads=56, dht_prefix="facebook/opt-30b"),
+        ModelSpec("facebook/opt-175b", hidden=12288, layers=96, heads=96, dht_prefix="facebook/opt-175b"),
+        ModelSpec("facebook/opt-125m", hidden=768, layers=12, heads=12, dht_prefix="facebook/opt-125m"),
+        # for tests and the no-GPU default: 4 blocks, fast on one CPU core
+        ModelSpec("netbench/tiny", hidden=64, layers=4, heads=4, dht_prefix="netbench/tiny"),
+    )
+}
+
+
+def bytes_per_weight(dtype: str) -> float:
+    try:
+        return WEIGHT_DTYPES[dtype][2]
+    except KeyError:
+        raise ValueError(f"unknown weight dtype {dtype!r}; choose one of {', '.join(WEIGHT_DTYPES)}") from None
+
+
+def get_model(name: str) -> ModelSpec:
+    """Look a model up by its name or its DHT prefix (the original client accepted the prefix)."""
+    if name in MODELS:
+        return MODELS[name]
+    for spec in MODELS.values():
+        if spec.dht_prefix == name:
+            return spec
+    raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+
+
+_PREFIX_FORBIDDEN = re.compile(r"[. ]")  # petals' UID_DELIMITER and CHAIN_DELIMITER
+
+
+def validate_dht_prefix(prefix: str) -> str:
+    if not prefix or _PREFIX_FORBIDDEN.search(prefix):
+        raise ValueError(f"DHT prefix {prefix!r} may not be empty or contain '.' or ' ' (OPT-6.7B uses 'opt6b')")
+    return prefix
+
+
+def parse_block_span(text: str, layers: int) -> tuple[int, int]:
+    """Parse petals' ``start:end`` block indices and check them against the model's depth."""
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not match:
+        raise ValueError(f"block span {text!r} must look like START:END, e.g. 0:12")
+    start, end = int(match[1]), int(match[2])
+    if not 0 <= start < end <= layers:
+        raise ValueError(f"block span {text!r} must satisfy 0 <= START < END <= {layers} (the model has {layers} blocks)")
+    return start, end
+
+
+def split_blocks(layers: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous spans that cover all ``layers`` blocks with ``parts`` servers, sizes differing by <= 1."""
+    if parts < 1:
+        raise ValueError("need at least one server")
+    if parts > layers:
+        raise ValueError(f"{parts} servers but the model has only {layers} blocks: every server needs at least one")
+    base, extra = divmod(layers, parts)
+    spans, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        spans.append((start, end))
+        start = end
+    return spans
+
+
+def write_model_dir(spec: ModelSpec, directory: str | Path) -> Path:
+    """Write a config-only model folder (config.json) that petals can serve with dummy weights."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    config_file = path / "config.json"
+    text = json.dumps(spec.bloom_config(), indent=2, sort_keys=True) + "\n"
+    if not config_file.exists() or config_file.read_text() != text:
+        tmp = config_file.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(config_file)
+    return path
