@@ -1,0 +1,147 @@
+"""``python -m bench_client.report RESULTS... [--out DIR]``: Table 17 and the paper's figure from our runs.
+
+Reads the original 7-column TSVs (and the JSONL metadata beside each), then writes into DIR:
+``table17.md`` (table, notes, failed configurations, plots), ``table17.csv`` (the rows at the
+table's new-token count), ``rows.csv`` (every row, token sweeps included) and ``tokens_*.png``.
+All input is checked and every output rendered in memory first: bad input gets a one-line error
+naming the file and line, exit status 2, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_client.models import WEIGHT_DTYPES
+from bench_client.report_data import Defaults, ReportInputError, Results, load_results
+from bench_client.report_reference import PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
+
+EXIT_BAD_INPUT = 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench_client.report",
+        description="Table 17 (markdown + CSV) and throughput/latency-vs-tokens plots from benchmark results.",
+    )
+    parser.add_argument("results", nargs="+", type=Path, help="result directories (searched for *.tsv) or TSV files")
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default: RESULTS/report when RESULTS is one directory)"
+    )
+    parser.add_argument(
+        "--table-new-tokens",
+        type=_positive_int,
+        default=PAPER_NEW_TOKENS,
+        help=f"rows with this many new tokens form the table (default {PAPER_NEW_TOKENS}, the paper's)",
+    )
+    fill = parser.add_argument_group("for results without JSONL metadata (or metadata lacking the value)")
+    fill.add_argument(
+        "--num-gpus", type=_positive_int, help="GPUs that served the model (per-GPU throughput divides by it)"
+    )
+    fill.add_argument(
+        "--gpu", dest="gpu_name", help="GPU name, e.g. 'Tesla T4' or 'NVIDIA H100 80GB HBM3' (for the roofline)"
+    )
+    fill.add_argument("--model", help="model name or DHT prefix, e.g. facebook/opt-30b (for anchors and the roofline)")
+    fill.add_argument(
+        "--weight-dtype", choices=list(WEIGHT_DTYPES), help="weight dtype of the servers (for the roofline)"
+    )
+    fill.add_argument("--network-profile", help="network profile name of those results")
+    return parser
+
+
+def render(results: Results, table_new_tokens: int) -> dict[str, bytes]:
+    """Every output file, by name, in memory."""
+    # imported here so that bad input is reported without paying for matplotlib's import
+    from bench_client.report_plots import render_plots
+    from bench_client.report_table import NOTES, derive_all, md_failed, md_table, to_csv
+
+    derived = derive_all(results.rows)
+    table = [d for d in derived if d.row.new_tokens == table_new_tokens]
+    plots = render_plots(derived)
+    with_run = len({d.row.run_id for d in table}) > 1
+
+    md = [
+        f"# Table 17 from our runs (prompt {PAPER_PROMPT_LENGTH} / {PAPER_NEW_TOKENS} new tokens is the paper's workload)\n\n"
+    ]
+    md.append(f"Rows with {table_new_tokens} new tokens; every row (token sweeps too) is in `rows.csv`.\n\n")
+    md.append(
+        md_table(table, with_run) if table else f"No result has {table_new_tokens} new tokens (see `rows.csv`).\n"
+    )
+    md.append("\n" + NOTES)
+    if results.failed:
+        md.append(f"\n## Failed configurations ({len(results.failed)})\n\n" + md_failed(results.failed))
+    md.append("\n## Throughput and latency vs generated tokens\n")
+    if plots:
+        md.extend(f"\n### {plot.title}\n\n![{plot.title}]({plot.filename})\n" for plot in plots)
+    else:
+        md.append("\nNo token sweep in these results (every configuration has one new-token count): no plots.\n")
+    if results.warnings:
+        md.append("\n## Input notes\n\n" + "".join(f"- {w}\n" for w in results.warnings))
+
+    files = {
+        "table17.md": "".join(md).encode(),
+        "table17.csv": to_csv(table).encode(),
+        "rows.csv": to_csv(derived).encode(),
+    }
+    files.update({plot.filename: plot.png for plot in plots})
+    return files
+
+
+def write_outputs(out: Path, files: dict[str, bytes]) -> None:
+    """Write into a sibling temporary directory, then move each file into place (os.replace is atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        out.mkdir(exist_ok=True)
+        for name in files:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = args.out
+    if out is None:
+        if len(args.results) != 1 or not args.results[0].is_dir():
+            parser.error("--out is required unless RESULTS is a single directory")
+        out = args.results[0] / "report"
+    defaults = Defaults(
+        model=args.model,
+        num_gpus=args.num_gpus,
+        gpu_name=args.gpu_name,
+        weight_dtype=args.weight_dtype,
+        network_profile=args.network_profile,
+    )
+    try:
+        results = load_results(args.results, defaults)
+    except (ReportInputError, OSError, UnicodeDecodeError) as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for warning in results.warnings:
+        print(f"report: note: {warning}", file=sys.stderr)
+    files = render(results, args.table_new_tokens)
+    write_outputs(out, files)
+    print(
+        f"report: {len(results.rows)} rows ({len(results.failed)} failed configurations) -> {out}: "
+        + ", ".join(sorted(files))
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

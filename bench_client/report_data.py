@@ -1,0 +1,384 @@
+"""Reading benchmark results for the report: the original 7-column TSV plus our JSONL metadata.
+
+Every problem in the input raises ``ReportInputError`` naming the file and line, before anything is
+written. A TSV without a JSONL beside it is usable: what only the metadata knows (model, GPU count,
+GPU name, dtype, profile) comes from ``Defaults`` (the report's flags) or stays unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bench_client.models import ModelSpec, UnknownModelError, get_model
+
+# The original client's TSV columns (FlexLLMGen benchmark/petals/run_opt_requests.py), in order.
+TSV_COLUMNS = (
+    "batch_size",
+    "num_micro_batches",
+    "num_processes",
+    "prompt_length",
+    "new_tokens",
+    "total_throughput",  # tokens/s of the whole swarm: NOT divided by the number of GPUs
+    "mean_generate_latency_s",  # mean wall time of one whole generate() call, NOT per token
+)
+_INT_COLUMNS = TSV_COLUMNS[:5]
+SUPPORTED_SCHEMA = 1
+# Relative tolerance for JSONL numbers that must equal the TSV's (str() of a float round-trips; this
+# leaves room for a writer that rounds).
+_MATCH_REL_TOL = 1e-3
+
+
+class ReportInputError(ValueError):
+    """Bad input; str() is the one-line message that names the file and line."""
+
+    def __init__(self, path: Path | str, line: int | None, message: str):
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Values for results whose JSONL lacks them (or that have no JSONL at all)."""
+
+    model: str | None = None
+    num_gpus: int | None = None
+    gpu_name: str | None = None
+    weight_dtype: str | None = None
+    network_profile: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    source: str  # TSV path (or JSONL path for a failed configuration without a TSV row)
+    line: int  # 1-based line in ``source``
+    batch_size: int
+    num_micro_batches: int
+    num_processes: int
+    prompt_length: int
+    new_tokens: int
+    total_throughput: float | None  # whole swarm, tokens/s
+    mean_generate_latency_s: float | None  # one whole generate() call
+    per_token_latency_s: float | None = None  # only from JSONL: the true per-token latency
+    model: str | None = None
+    spec: ModelSpec | None = None
+    weight_dtype: str | None = None
+    network_profile: str | None = None
+    num_gpus: int | None = None  # None: unknown; 0: no GPU (CPU servers)
+    num_servers: int | None = None
+    gpu_name: str | None = None
+    run_id: str | None = None
+    has_metadata: bool = False
+    status: str = "ok"
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def batch_setting(self) -> str:
+        return f"{self.batch_size}x{self.num_micro_batches}x{self.num_processes}"
+
+    @property
+    def per_gpu_throughput(self) -> float | None:
+        """Swarm throughput / number of GPUs; None when the GPU count is unknown or zero (never / 1)."""
+        if self.total_throughput is None or not self.num_gpus:
+            return None
+        return self.total_throughput / self.num_gpus
+
+    @property
+    def key(self) -> tuple[int, int, int, int, int]:
+        return (self.batch_size, self.num_micro_batches, self.num_processes, self.prompt_length, self.new_tokens)
+
+
+@dataclass
+class Results:
+    rows: list[ResultRow]  # successful configurations
+    failed: list[ResultRow]  # configurations the JSONL marks as failed
+    warnings: list[str]
+
+
+def find_tsv_files(paths: list[Path]) -> list[Path]:
+    """TSV files named directly or found under directories (recursively, sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            tsvs = sorted(p for p in path.rglob("*.tsv") if p.is_file())
+            if not tsvs:
+                raise ReportInputError(path, None, "no .tsv result files in this directory")
+            found.extend(tsvs)
+        elif path.is_file():
+            if path.suffix != ".tsv":
+                raise ReportInputError(
+                    path, None, "not a .tsv result file (give the TSV; its .jsonl is found beside it)"
+                )
+            found.append(path)
+        else:
+            raise ReportInputError(path, None, "no such file or directory")
+    unique: list[Path] = []
+    for path in found:
+        if path.resolve() not in {p.resolve() for p in unique}:
+            unique.append(path)
+    return unique
+
+
+def _parse_int(text: str, path: Path, line: int, column: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ReportInputError(path, line, f"column {column} is {text!r}, not an integer") from None
+    if value < 0:
+        raise ReportInputError(path, line, f"column {column} is negative ({value})")
+    return value
+
+
+def _parse_float(text: str, path: Path, line: int, column: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ReportInputError(path, line, f"column {column} is {text!r}, not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise ReportInputError(path, line, f"column {column} is {text!r}, not a finite non-negative number")
+    return value
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ReportInputError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_tsv(path: Path) -> list[ResultRow]:
+    rows: list[ResultRow] = []
+    for number, text in enumerate(_lines(path), start=1):
+        if not text.strip():
+            continue
+        fields = text.split("\t")
+        if len(fields) != len(TSV_COLUMNS):
+            raise ReportInputError(
+                path,
+                number,
+                f"{len(fields)} tab-separated columns, expected {len(TSV_COLUMNS)} ({', '.join(TSV_COLUMNS)})",
+            )
+        ints = [_parse_int(fields[i].strip(), path, number, TSV_COLUMNS[i]) for i in range(5)]
+        throughput = _parse_float(fields[5].strip(), path, number, TSV_COLUMNS[5])
+        latency = _parse_float(fields[6].strip(), path, number, TSV_COLUMNS[6])
+        if ints[4] == 0 and throughput != 0:
+            # the original client's throughput counts generated tokens only: 0 by definition here
+            raise ReportInputError(path, number, f"0 new tokens but total_throughput {throughput} (must be 0)")
+        rows.append(ResultRow(str(path), number, *ints, total_throughput=throughput, mean_generate_latency_s=latency))
+    if not rows:
+        raise ReportInputError(path, None, "no result rows")
+    return rows
+
+
+def _jsonl_int(record: dict, name: str, path: Path, line: int) -> int:
+    value = record.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ReportInputError(path, line, f"field {name!r} is {value!r}, expected a non-negative integer")
+    return value
+
+
+def _jsonl_optional_number(record: dict, name: str, path: Path, line: int) -> float | None:
+    value = record.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ReportInputError(
+            path, line, f"field {name!r} is {value!r}, expected a finite non-negative number or null"
+        )
+    return float(value)
+
+
+def _jsonl_optional_int(record: dict, name: str, path: Path, line: int) -> int | None:
+    if record.get(name) is None:
+        return None
+    return _jsonl_int(record, name, path, line)
+
+
+def gpu_names(value: Any) -> list[str]:
+    """Distinct GPU names in ``server_gpus`` (a name, a list of names, dicts with "name", or nested)."""
+    names: list[str] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, str):
+            if item and item not in names:
+                names.append(item)
+        elif isinstance(item, dict):
+            if isinstance(item.get("name"), str):
+                walk(item["name"])
+            else:
+                for sub in item.values():
+                    walk(sub)
+        elif isinstance(item, (list, tuple)):
+            for sub in item:
+                walk(sub)
+
+    walk(value)
+    return names
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    records: list[tuple[int, dict]] = []
+    for number, raw in enumerate(_lines(path), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ReportInputError(path, number, f"not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise ReportInputError(path, number, "not a JSON object")
+        schema = record.get("schema")
+        if schema != SUPPORTED_SCHEMA:
+            raise ReportInputError(path, number, f"schema {schema!r} is not supported (expected {SUPPORTED_SCHEMA})")
+        status = record.get("status")
+        if status not in ("ok", "failed"):
+            raise ReportInputError(path, number, f"status {status!r}, expected 'ok' or 'failed'")
+        records.append((number, record))
+    return records
+
+
+def _resolve_model(name: str | None) -> tuple[str | None, ModelSpec | None]:
+    if not name:
+        return None, None
+    try:
+        spec = get_model(name)
+    except UnknownModelError:
+        return name, None  # still reported, without roofline or anchors
+    return spec.name, spec
+
+
+def _row_from_record(base: ResultRow, record: dict, path: Path, line: int, defaults: Defaults) -> ResultRow:
+    """Merge one JSONL record into its TSV row (or build a failed row), filling gaps from ``defaults``."""
+    names = gpu_names(record.get("server_gpus"))
+    gpu_name = names[0] if len(names) == 1 else (f"mixed: {', '.join(names)}" if names else defaults.gpu_name)
+    num_gpus = _jsonl_optional_int(record, "num_gpus", path, line)
+    model, spec = _resolve_model(record.get("model") or defaults.model)
+    row = replace(
+        base,
+        per_token_latency_s=_jsonl_optional_number(record, "per_token_latency_s", path, line),
+        model=model,
+        spec=spec,
+        weight_dtype=record.get("weight_dtype") or defaults.weight_dtype,
+        network_profile=record.get("network_profile") or defaults.network_profile,
+        num_gpus=num_gpus if num_gpus is not None else defaults.num_gpus,
+        num_servers=_jsonl_optional_int(record, "num_servers", path, line),
+        gpu_name=gpu_name,
+        run_id=record.get("run_id"),
+        has_metadata=True,
+        status=record["status"],
+        error=record.get("error"),
+        extra={"jsonl": str(path), "jsonl_line": line},
+    )
+    return row
+
+
+def _check_record_matches(row: ResultRow, record: dict, path: Path, line: int, tsv: Path) -> None:
+    for name in ("total_throughput", "mean_generate_latency_s"):
+        value = _jsonl_optional_number(record, name, path, line)
+        expected = getattr(row, name)
+        if value is None or not math.isclose(value, expected, rel_tol=_MATCH_REL_TOL, abs_tol=1e-12):
+            raise ReportInputError(path, line, f"{name} {value!r} does not match {tsv}:{row.line} ({expected!r})")
+    recorded = _jsonl_optional_number(record, "per_gpu_throughput", path, line)
+    num_gpus = record.get("num_gpus")
+    if recorded is not None and isinstance(num_gpus, int) and num_gpus > 0:
+        expected = row.total_throughput / num_gpus
+        if not math.isclose(recorded, expected, rel_tol=_MATCH_REL_TOL, abs_tol=1e-12):
+            raise ReportInputError(
+                path, line, f"per_gpu_throughput {recorded!r} is not total_throughput / num_gpus ({expected!r})"
+            )
+
+
+def _key_of(record: dict, path: Path, line: int) -> tuple[int, int, int, int, int]:
+    return tuple(_jsonl_int(record, name, path, line) for name in _INT_COLUMNS)  # type: ignore[return-value]
+
+
+def pair_with_metadata(
+    tsv: Path, rows: list[ResultRow], jsonl: Path, defaults: Defaults
+) -> tuple[list[ResultRow], list[ResultRow]]:
+    """Match TSV rows with JSONL records by configuration, in order (reruns may repeat a configuration).
+
+    Returns (ok rows, failed rows). A failed configuration may have no TSV row (the client leaves
+    it out so that a rerun retries it); every successful record needs its TSV row and vice versa.
+    """
+    records = read_jsonl(jsonl)
+    ok_by_key: dict[tuple, list[tuple[int, dict]]] = {}
+    failed_by_key: dict[tuple, list[tuple[int, dict]]] = {}
+    for line, record in records:
+        target = ok_by_key if record["status"] == "ok" else failed_by_key
+        target.setdefault(_key_of(record, jsonl, line), []).append((line, record))
+
+    ok_rows: list[ResultRow] = []
+    failed_rows: list[ResultRow] = []
+    for row in rows:
+        if ok_by_key.get(row.key):
+            line, record = ok_by_key[row.key].pop(0)
+            _check_record_matches(row, record, jsonl, line, tsv)
+            ok_rows.append(_row_from_record(row, record, jsonl, line, defaults))
+        elif failed_by_key.get(row.key):
+            line, record = failed_by_key[row.key].pop(0)
+            failed_rows.append(_row_from_record(row, record, jsonl, line, defaults))
+        else:
+            raise ReportInputError(
+                tsv,
+                row.line,
+                f"no record in {jsonl} for configuration {row.batch_setting}, prompt {row.prompt_length}, "
+                f"{row.new_tokens} new tokens",
+            )
+    for pending in ok_by_key.values():
+        for line, _record in pending:
+            raise ReportInputError(jsonl, line, f"status 'ok' but {tsv} has no row for this configuration")
+    for key, pending in failed_by_key.items():
+        for line, record in pending:
+            base = ResultRow(str(jsonl), line, *key, total_throughput=None, mean_generate_latency_s=None)
+            failed_rows.append(_row_from_record(base, record, jsonl, line, defaults))
+    return ok_rows, failed_rows
+
+
+def _apply_defaults(row: ResultRow, defaults: Defaults) -> ResultRow:
+    model, spec = _resolve_model(defaults.model)
+    return replace(
+        row,
+        model=model,
+        spec=spec,
+        weight_dtype=defaults.weight_dtype,
+        network_profile=defaults.network_profile,
+        num_gpus=defaults.num_gpus,
+        gpu_name=defaults.gpu_name,
+    )
+
+
+def load_results(paths: list[Path], defaults: Defaults) -> Results:
+    results = Results(rows=[], failed=[], warnings=[])
+    for tsv in find_tsv_files(paths):
+        rows = read_tsv(tsv)
+        jsonl = tsv.with_suffix(".jsonl")
+        if jsonl.is_file():
+            ok, failed = pair_with_metadata(tsv, rows, jsonl, defaults)
+            results.rows.extend(ok)
+            results.failed.extend(failed)
+        else:
+            results.rows.extend(_apply_defaults(row, defaults) for row in rows)
+            notes = []
+            if defaults.num_gpus is None:
+                notes.append("GPU count unknown (--num-gpus): no per-GPU throughput")
+            if defaults.model is None:
+                notes.append("model unknown (--model): no anchors or roofline")
+            detail = "; ".join(notes) if notes else "model, GPUs etc. from the flags"
+            results.warnings.append(f"{tsv}: no metadata ({jsonl.name}) beside it: {detail}")
+    for path in paths:
+        if path.is_dir():
+            for orphan in sorted(path.rglob("*.jsonl")):
+                if not orphan.with_suffix(".tsv").is_file():
+                    results.warnings.append(f"{orphan}: ignored, no TSV with the same name beside it")
+    if not results.rows:
+        detail = (
+            f" ({len(results.failed)} failed configurations, first: {results.failed[0].error})"
+            if results.failed
+            else ""
+        )
+        raise ReportInputError(", ".join(str(p) for p in paths), None, f"no successful result rows{detail}")
+    return results
