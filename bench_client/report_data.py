@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ TSV_COLUMNS = (
 )
 _INT_COLUMNS = TSV_COLUMNS[:5]
 SUPPORTED_SCHEMA = 1
+MIXED_GPUS = "mixed: "  # gpu_name prefix of a swarm with several GPU models: no single roofline
 # Relative tolerance for JSONL numbers that must equal the TSV's (str() of a float round-trips; this
 # leaves room for a writer that rounds).
 _MATCH_REL_TOL = 1e-3
@@ -68,6 +70,8 @@ class ResultRow:
     weight_dtype: str | None = None
     network_profile: str | None = None
     num_gpus: int | None = None  # None: unknown; 0: no GPU (CPU servers)
+    # how the client counted num_gpus: "flag", "dht-gpus" or "dht-servers" (no GPU seen: one per server)
+    num_gpus_source: str | None = None
     num_servers: int | None = None
     gpu_name: str | None = None
     run_id: str | None = None
@@ -86,6 +90,16 @@ class ResultRow:
         if self.total_throughput is None or not self.num_gpus:
             return None
         return self.total_throughput / self.num_gpus
+
+    @property
+    def single_gpu_model(self) -> str | None:
+        """The GPU model every server uses, or None (unknown or mixed)."""
+        return None if not self.gpu_name or self.gpu_name.startswith(MIXED_GPUS) else self.gpu_name
+
+    @property
+    def per_server(self) -> bool:
+        """The divisor counts servers, not GPUs (a CPU swarm): the "per-GPU" number is per server."""
+        return self.num_gpus_source == "dht-servers"
 
     @property
     def key(self) -> tuple[int, int, int, int, int]:
@@ -198,14 +212,19 @@ def _jsonl_optional_int(record: dict, name: str, path: Path, line: int) -> int |
     return _jsonl_int(record, name, path, line)
 
 
+# bench_client.swarm writes one "host/device: GPU name" per distinct GPU, e.g. "gpu1/cuda:0: NVIDIA H100 PCIe"
+_HOST_DEVICE_PREFIX = re.compile(r"^[^/\s]+/\S+: ")
+
+
 def gpu_names(value: Any) -> list[str]:
-    """Distinct GPU names in ``server_gpus`` (a name, a list of names, dicts with "name", or nested)."""
+    """Distinct GPU model names in ``server_gpus`` (names, "host/device: name", dicts with "name", nested)."""
     names: list[str] = []
 
     def walk(item: Any) -> None:
         if isinstance(item, str):
-            if item and item not in names:
-                names.append(item)
+            name = _HOST_DEVICE_PREFIX.sub("", item).strip()
+            if name and name not in names:
+                names.append(name)
         elif isinstance(item, dict):
             if isinstance(item.get("name"), str):
                 walk(item["name"])
@@ -254,7 +273,7 @@ def _resolve_model(name: str | None) -> tuple[str | None, ModelSpec | None]:
 def _row_from_record(base: ResultRow, record: dict, path: Path, line: int, defaults: Defaults) -> ResultRow:
     """Merge one JSONL record into its TSV row (or build a failed row), filling gaps from ``defaults``."""
     names = gpu_names(record.get("server_gpus"))
-    gpu_name = names[0] if len(names) == 1 else (f"mixed: {', '.join(names)}" if names else defaults.gpu_name)
+    gpu_name = names[0] if len(names) == 1 else (f"{MIXED_GPUS}{', '.join(names)}" if names else defaults.gpu_name)
     num_gpus = _jsonl_optional_int(record, "num_gpus", path, line)
     model, spec = _resolve_model(record.get("model") or defaults.model)
     row = replace(
@@ -265,6 +284,7 @@ def _row_from_record(base: ResultRow, record: dict, path: Path, line: int, defau
         weight_dtype=record.get("weight_dtype") or defaults.weight_dtype,
         network_profile=record.get("network_profile") or defaults.network_profile,
         num_gpus=num_gpus if num_gpus is not None else defaults.num_gpus,
+        num_gpus_source=record.get("num_gpus_source") if num_gpus is not None else _flag_source(defaults),
         num_servers=_jsonl_optional_int(record, "num_servers", path, line),
         gpu_name=gpu_name,
         run_id=record.get("run_id"),
@@ -331,11 +351,18 @@ def pair_with_metadata(
     for pending in ok_by_key.values():
         for line, _record in pending:
             raise ReportInputError(jsonl, line, f"status 'ok' but {tsv} has no row for this configuration")
+    measured = {row.key for row in ok_rows}
     for key, pending in failed_by_key.items():
         for line, record in pending:
+            if key in measured:
+                continue  # failed once, measured by a rerun: the client resumes at failed configurations
             base = ResultRow(str(jsonl), line, *key, total_throughput=None, mean_generate_latency_s=None)
             failed_rows.append(_row_from_record(base, record, jsonl, line, defaults))
     return ok_rows, failed_rows
+
+
+def _flag_source(defaults: Defaults) -> str | None:
+    return "report --num-gpus" if defaults.num_gpus is not None else None
 
 
 def _apply_defaults(row: ResultRow, defaults: Defaults) -> ResultRow:
@@ -347,6 +374,7 @@ def _apply_defaults(row: ResultRow, defaults: Defaults) -> ResultRow:
         weight_dtype=defaults.weight_dtype,
         network_profile=defaults.network_profile,
         num_gpus=defaults.num_gpus,
+        num_gpus_source=_flag_source(defaults),
         gpu_name=defaults.gpu_name,
     )
 

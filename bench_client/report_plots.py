@@ -31,6 +31,7 @@ def _group_key(d: Derived) -> tuple:
     r = d.row
     return (
         r.model,
+        r.per_server,
         r.weight_dtype,
         r.gpu_name,
         r.num_gpus,
@@ -49,6 +50,8 @@ def _title(first: Derived) -> str:
     r = first.row
     if r.num_gpus == 0:
         where = "CPU servers"
+    elif r.per_server:
+        where = f"{r.num_gpus} CPU servers (no GPU)"
     else:
         count = "? (GPU count unknown)" if r.num_gpus is None else str(r.num_gpus)
         where = f"{count} × {r.gpu_name or 'unknown GPU'}"
@@ -120,7 +123,10 @@ def render_group(group: list[Derived]) -> bytes:
             if per_gpu and rooflines
             else ""
         )
-        if per_gpu:
+        if per_gpu and first.row.per_server:
+            ax_tp.set_title("Per-server throughput (servers without GPU)")
+            ax_tp.set_ylabel("throughput per server (tokens/s/server)")
+        elif per_gpu:
             ax_tp.set_title(f"Per-GPU throughput{roofline_note}")
             ax_tp.set_ylabel("throughput per GPU (tokens/s/GPU)")
         else:
@@ -157,7 +163,15 @@ def render_plots(derived: list[Derived]) -> list[Plot]:
         if len({d.row.new_tokens for d in group}) < 2:
             continue
         r = group[0].row
-        gpus = "cpu" if r.num_gpus == 0 else f"{r.num_gpus if r.num_gpus is not None else 'unknown'}gpu"
+        gpus = (
+            "cpu"
+            if r.num_gpus == 0
+            else (
+                f"{r.num_gpus}cpu-servers"
+                if r.per_server
+                else f"{r.num_gpus if r.num_gpus is not None else 'unknown'}gpu"
+            )
+        )
         base = _slug(f"{r.model}_{r.weight_dtype}_{gpus}_b{r.batch_setting}_prompt{r.prompt_length}")
         name, n = f"tokens_{base}.png", 2
         while name in used:

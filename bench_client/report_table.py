@@ -43,7 +43,7 @@ class Derived:
 
 
 def derive(row: ResultRow) -> Derived:
-    matched = gpu_bandwidth_gbps(row.gpu_name)
+    matched = gpu_bandwidth_gbps(row.single_gpu_model)
     family, gbps = matched if matched else (None, None)
     roofline = None
     if row.spec is not None and known_dtype(row.weight_dtype) and gbps is not None:
@@ -110,6 +110,7 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[Derived], Any]], ...] = (
     ("network_profile", lambda d: d.row.network_profile),
     ("num_servers", lambda d: d.row.num_servers),
     ("num_gpus", lambda d: d.row.num_gpus),
+    ("num_gpus_source", lambda d: d.row.num_gpus_source),
     ("gpu", lambda d: d.row.gpu_name),
     ("batch_size", lambda d: d.row.batch_size),
     ("num_micro_batches", lambda d: d.row.num_micro_batches),
@@ -162,12 +163,16 @@ def _per_gpu_cell(d: Derived) -> str:
         return "unknown (GPU count)"
     if d.row.num_gpus == 0:
         return "n/a (no GPU)"
+    if d.row.per_server:
+        return f"{fmt_number(d.per_gpu_throughput)} per server (no GPU)"
     return fmt_number(d.per_gpu_throughput)
 
 
 def _gpu_cell(d: Derived) -> str:
     if d.row.num_gpus == 0:
         return "0 (CPU servers)"
+    if d.row.per_server:
+        return f"0 ({d.row.num_gpus} servers without GPU)"
     count = "?" if d.row.num_gpus is None else str(d.row.num_gpus)
     return f"{count} × {d.row.gpu_name or 'unknown GPU'}"
 
@@ -207,7 +212,8 @@ NOTES = f"""\
 How to read it:
 - **per-GPU throughput** = swarm throughput (the original TSV's column 6: generated tokens of all
   processes / wall time of the run) divided by the number of GPUs that served the model, as in the
-  paper. Where the GPU count is not recorded it is shown as unknown, never divided by 1.
+  paper. Where the GPU count is not recorded it is shown as unknown, never divided by 1; where
+  the servers have no GPU (a CPU swarm) it is per server, and says so.
 - **generate() latency** is the original TSV's column 7: the mean wall time of one whole
   generate() call (prefill plus every new token), although the seed README calls it "latency per
   token". **per-token latency** is the true one, from our metadata (JSONL) where recorded.

@@ -29,15 +29,19 @@ OPT30B_FP16_BYTES = get_model("facebook/opt-30b").model_bytes("float16")
 
 
 def record(b, mb, p, prompt, new, throughput, latency, *, model="facebook/opt-30b", profile="10ms-1gbit",
-           num_gpus=4, gpus=(H100,), dtype="float16", status="ok", error=None, run_id="run-1", per_token=True):
-    """A schema-1 metadata record as docs/architecture.md (section Results) specifies it."""
+           num_gpus=4, gpus=None, source="dht-gpus", dtype="float16", status="ok", error=None, run_id="run-1",
+           per_token=True):
+    """A schema-1 metadata record as bench_client.client writes it (docs/architecture.md, section Results):
+    server_gpus holds one "host/device: name" per distinct GPU."""
+    if gpus is None:
+        gpus = [f"gpu{i}/cuda:0: {H100}" for i in range(num_gpus)]
     return {
         "schema": 1, "run_id": run_id, "model": model, "dht_prefix": model, "weight_dtype": dtype,
         "batch_size": b, "num_micro_batches": mb, "num_processes": p, "prompt_length": prompt, "new_tokens": new,
         "total_tokens": b * mb * p * new, "wall_time_s": 1.0, "total_throughput": throughput,
         "mean_generate_latency_s": latency, "prefill_time_s": 0.1, "decode_time_s": latency - 0.1,
         "per_token_latency_s": (latency - 0.1) / new if per_token and new else None,
-        "num_servers": num_gpus or 2, "num_gpus": num_gpus,
+        "num_servers": num_gpus or 2, "num_gpus": num_gpus, "num_gpus_source": source,
         "per_gpu_throughput": throughput / num_gpus if num_gpus else None,
         "started_at": "2026-11-26T07:00:00Z", "finished_at": "2026-11-26T07:00:01Z", "client_host": "client",
         "client_device": "cpu", "client_gpu": None, "server_gpus": list(gpus),
@@ -256,25 +260,50 @@ def test_anchor_table_is_the_papers():
 # ---------------------------------------------------------------- CPU swarms, failed configurations
 
 
-def test_cpu_swarm_has_no_per_gpu_numbers_but_a_plot(tmp_path: Path):
-    write_run(tmp_path / "r", sweep("none", 1.0, model="netbench/tiny", num_gpus=0, gpus=(), dtype="float32"))
+def test_cpu_swarm_is_per_server_and_says_so(tmp_path: Path):
+    # what the client records without GPUs: num_gpus counts the servers ("dht-servers"), server_gpus is empty
+    write_run(tmp_path / "r" / "a", sweep("none", 1.0, model="netbench/tiny", num_gpus=2, gpus=(),
+                                          source="dht-servers", dtype="float32"))
+    # and a hand-written record with num_gpus 0
+    write_run(tmp_path / "r" / "b", sweep("none", 1.0, model="netbench/tiny", num_gpus=0, gpus=(),
+                                          source=None, dtype="float32", run_id="zero"))
     out = tmp_path / "o"
     assert run_report(tmp_path / "r", "--out", out) == 0
-    (r,) = read_csv(out / "table17.csv")
-    assert (r["num_gpus"], r["per_gpu_throughput_tokens_per_s"], r["roofline_fraction"]) == ("0", "", "")
-    assert "n/a (no GPU)" in (out / "table17.md").read_text()
-    assert len(list(out.glob("*.png"))) == 1
+    table = {r["run_id"]: r for r in read_csv(out / "table17.csv")}
+    a, b = table["run-1"], table["zero"]
+    assert (a["num_gpus"], a["num_gpus_source"], a["gpu"], a["roofline_fraction"]) == ("2", "dht-servers", "", "")
+    assert float(a["per_gpu_throughput_tokens_per_s"]) == pytest.approx(float(a["total_throughput_tokens_per_s"]) / 2)
+    assert (b["num_gpus"], b["per_gpu_throughput_tokens_per_s"], b["roofline_fraction"]) == ("0", "", "")
+    md = (out / "table17.md").read_text()
+    assert "0 (2 servers without GPU)" in md and " per server (no GPU) |" in md and "n/a (no GPU)" in md
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "tokens_netbench-tiny-float32-2cpu-servers-b2x1x6-prompt512.png", "tokens_netbench-tiny-float32-cpu-b2x1x6-prompt512.png"]
+
+
+def test_gpu_names_from_several_hosts_and_mixed_gpus(tmp_path: Path):
+    write_run(tmp_path / "r" / "same", [record(2, 1, 6, 512, 32, 40.0, 2.0, num_gpus=2,
+                                               gpus=["a/cuda:0: Tesla T4", "b/cuda:1: Tesla T4"], run_id="same")])
+    write_run(tmp_path / "r" / "mixed", [record(2, 1, 6, 512, 32, 40.0, 2.0, num_gpus=2,
+                                                gpus=["a/cuda:0: Tesla T4", "b/cuda:0: NVIDIA L4"], run_id="mixed")])
+    assert run_report(tmp_path / "r", "--out", tmp_path / "o") == 0
+    table = {r["run_id"]: r for r in read_csv(tmp_path / "o" / "table17.csv")}
+    assert (table["same"]["gpu"], table["same"]["hbm_bandwidth_gb_per_s"]) == ("Tesla T4", "320.0")
+    assert float(table["same"]["roofline_tokens_per_s_per_gpu"]) == pytest.approx(2 * 320e9 / OPT30B_FP16_BYTES)
+    assert table["mixed"]["gpu"] == "mixed: Tesla T4, NVIDIA L4"
+    assert table["mixed"]["roofline_tokens_per_s_per_gpu"] == "" and table["mixed"]["roofline_fraction"] == ""
 
 
 def test_failed_configurations_are_listed_not_tabled(tmp_path: Path):
     records = sweep("p", 1.0)
     failed = record(2, 1, 6, 1024, 32, 0.0, 0.0, status="failed", error="TimeoutError: no route to block 17")
     failed.update(total_throughput=None, mean_generate_latency_s=None, per_gpu_throughput=None, per_token_latency_s=None)
-    write_run(tmp_path / "r", records + [failed])  # the client leaves failed ones out of the TSV
+    retried = dict(failed, prompt_length=512, new_tokens=16, error="lost, then measured by a rerun")
+    write_run(tmp_path / "r", records[:3] + [retried] + records[3:] + [failed])  # failed ones are not in the TSV
     out = tmp_path / "o"
     assert run_report(tmp_path / "r", "--out", out) == 0
     md = (out / "table17.md").read_text()
     assert "## Failed configurations (1)" in md and "TimeoutError: no route to block 17" in md
+    assert "measured by a rerun" not in md
     assert all(r["prompt_length"] == "512" for r in read_csv(out / "rows.csv"))
 
 
