@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=PAPER_NEW_TOKENS,
         help=f"rows with this many new tokens form the table (default {PAPER_NEW_TOKENS}, the paper's)",
     )
+    parser.add_argument(
+        "--metadata", type=Path, help="JSONL of the one TSV given, where it is not beside it (the client's --metadata)"
+    )
     fill = parser.add_argument_group("for results without JSONL metadata (or metadata lacking the value)")
     fill.add_argument(
         "--num-gpus", type=_positive_int, help="GPUs that served the model (per-GPU throughput divides by it)"
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         network_profile=args.network_profile,
     )
     try:
-        results = load_results(args.results, defaults)
+        results = load_results(args.results, defaults, args.metadata)
     except (ReportInputError, OSError, UnicodeDecodeError) as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -123,11 +123,9 @@ def find_tsv_files(paths: list[Path]) -> list[Path]:
                 raise ReportInputError(path, None, "no .tsv result files in this directory")
             found.extend(tsvs)
         elif path.is_file():
-            if path.suffix != ".tsv":
-                raise ReportInputError(
-                    path, None, "not a .tsv result file (give the TSV; its .jsonl is found beside it)"
-                )
-            found.append(path)
+            if path.suffix == ".jsonl":
+                raise ReportInputError(path, None, "give the TSV, not its .jsonl metadata (found beside the TSV)")
+            found.append(path)  # a TSV named by hand may have any suffix (the seed's out_30b.tsv, out.txt)
         else:
             raise ReportInputError(path, None, "no such file or directory")
     unique: list[Path] = []
@@ -157,16 +155,23 @@ def _parse_float(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path, notes: list[str]) -> list[str]:
+    """The file's complete lines. A last line without its newline is a write torn by a crash: the
+    client's writer drops it before appending again, so it is no result (and is noted)."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ReportInputError(path, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    if torn.strip():
+        notes.append(f"{path}:{len(lines) + 1}: ignored an incomplete last line (no newline: a write torn by a crash?)")
+    return [line.rstrip("\r") for line in lines]
 
 
-def read_tsv(path: Path) -> list[ResultRow]:
+def read_tsv(path: Path, notes: list[str]) -> list[ResultRow]:
     rows: list[ResultRow] = []
-    for number, text in enumerate(_lines(path), start=1):
+    for number, text in enumerate(_lines(path, notes), start=1):
         if not text.strip():
             continue
         fields = text.split("\t")
@@ -239,9 +244,9 @@ def gpu_names(value: Any) -> list[str]:
     return names
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl(path: Path, notes: list[str]) -> list[tuple[int, dict]]:
     records: list[tuple[int, dict]] = []
-    for number, raw in enumerate(_lines(path), start=1):
+    for number, raw in enumerate(_lines(path, notes), start=1):
         if not raw.strip():
             continue
         try:
@@ -317,14 +322,14 @@ def _key_of(record: dict, path: Path, line: int) -> tuple[int, int, int, int, in
 
 
 def pair_with_metadata(
-    tsv: Path, rows: list[ResultRow], jsonl: Path, defaults: Defaults
+    tsv: Path, rows: list[ResultRow], jsonl: Path, defaults: Defaults, notes: list[str]
 ) -> tuple[list[ResultRow], list[ResultRow]]:
     """Match TSV rows with JSONL records by configuration, in order (reruns may repeat a configuration).
 
     Returns (ok rows, failed rows). A failed configuration may have no TSV row (the client leaves
     it out so that a rerun retries it); every successful record needs its TSV row and vice versa.
     """
-    records = read_jsonl(jsonl)
+    records = read_jsonl(jsonl, notes)
     ok_by_key: dict[tuple, list[tuple[int, dict]]] = {}
     failed_by_key: dict[tuple, list[tuple[int, dict]]] = {}
     for line, record in records:
@@ -379,13 +384,20 @@ def _apply_defaults(row: ResultRow, defaults: Defaults) -> ResultRow:
     )
 
 
-def load_results(paths: list[Path], defaults: Defaults) -> Results:
+def load_results(paths: list[Path], defaults: Defaults, metadata: Path | None = None) -> Results:
+    """Every result under ``paths``; ``metadata`` names the JSONL of a single TSV kept elsewhere."""
     results = Results(rows=[], failed=[], warnings=[])
-    for tsv in find_tsv_files(paths):
-        rows = read_tsv(tsv)
-        jsonl = tsv.with_suffix(".jsonl")
+    tsvs = find_tsv_files(paths)
+    if metadata is not None:
+        if len(tsvs) != 1:
+            raise ReportInputError(metadata, None, f"--metadata needs exactly one TSV, got {len(tsvs)}")
+        if not metadata.is_file():
+            raise ReportInputError(metadata, None, "no such metadata file")
+    for tsv in tsvs:
+        rows = read_tsv(tsv, results.warnings)
+        jsonl = metadata or tsv.with_suffix(".jsonl")  # the client's default: same name, .jsonl
         if jsonl.is_file():
-            ok, failed = pair_with_metadata(tsv, rows, jsonl, defaults)
+            ok, failed = pair_with_metadata(tsv, rows, jsonl, defaults, results.warnings)
             results.rows.extend(ok)
             results.failed.extend(failed)
         else:

@@ -379,8 +379,37 @@ def test_missing_path_and_non_tsv_file(tmp_path: Path, capsys):
     assert "nope: no such file or directory" in capsys.readouterr().err
     (tmp_path / "out.jsonl").write_text("{}\n")
     assert run_report(tmp_path / "out.jsonl", "--out", tmp_path / "o") == 2
-    assert "out.jsonl: not a .tsv result file" in capsys.readouterr().err
+    assert "out.jsonl: give the TSV, not its .jsonl metadata" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_torn_last_line_is_no_result_and_is_noted(tmp_path: Path, capsys):
+    # a crash mid-write leaves a last line without newline; the client's writer drops it on the next run
+    records = sweep("p", 1.0)
+    tsv = write_run(tmp_path / "r", records)
+    with tsv.open("a") as handle:
+        handle.write("2\t1\t6\t1024\t32\t12.")
+    with (tmp_path / "r" / "out.jsonl").open("a") as handle:
+        handle.write('{"schema": 1, "status": "o')
+    assert run_report(tmp_path / "r", "--out", tmp_path / "o") == 0
+    err = capsys.readouterr().err
+    assert "out.tsv:6: ignored an incomplete last line" in err and "out.jsonl:6: ignored an incomplete" in err
+    assert len(read_csv(tmp_path / "o" / "rows.csv")) == 5
+    assert "ignored an incomplete last line" in (tmp_path / "o" / "table17.md").read_text()
+
+
+def test_metadata_kept_elsewhere_and_any_tsv_name(tmp_path: Path, capsys):
+    tsv = write_run(tmp_path / "r", sweep("p", 1.0))
+    tsv.rename(tmp_path / "out_30b.txt")
+    (tmp_path / "r" / "out.jsonl").rename(tmp_path / "meta.jsonl")
+    assert run_report(tmp_path / "out_30b.txt", "--metadata", tmp_path / "meta.jsonl", "--out", tmp_path / "o") == 0
+    (r,) = read_csv(tmp_path / "o" / "table17.csv")
+    assert (r["num_gpus"], r["run_id"], r["source"]) == ("4", "run-1", f"{tmp_path / 'out_30b.txt'}:5")
+    # --metadata with several TSVs is ambiguous
+    write_run(tmp_path / "two" / "a", sweep("p", 1.0))
+    write_run(tmp_path / "two" / "b", sweep("p", 1.0))
+    assert run_report(tmp_path / "two", "--metadata", tmp_path / "meta.jsonl", "--out", tmp_path / "o2") == 2
+    assert "--metadata needs exactly one TSV, got 2" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- plots and the command line
