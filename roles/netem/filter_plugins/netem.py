@@ -1,0 +1,112 @@
+"""Thin Jinja filters over bench_client.netem (the pure, unit-tested logic) for the netem role."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+try:
+    from bench_client import netem
+except ImportError:  # a controller without the package installed: use the checkout this role lives in
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
+    from bench_client import netem
+
+
+def _profile(data: Any) -> netem.Profile | None:
+    return netem.profile_from_dict(data) if isinstance(data, dict) or data is None else None
+
+
+def netem_resolve(spec: Any, force: bool = False) -> dict[str, Any] | None:
+    """Profile name/dict -> a plain dict (None for 'none'); one-line error on bad input."""
+    try:
+        return netem.profile_dict(netem.resolve_profile(spec, force=bool(force)))
+    except netem.ProfileError as exc:
+        raise AnsibleFilterError(f"netem_profile: {exc}") from exc
+
+
+def netem_describe(resolved: dict[str, Any] | None) -> dict[str, Any] | None:
+    profile = _profile(resolved)
+    return None if profile is None else profile.describe()
+
+
+def netem_kind(resolved: dict[str, Any] | None, support: dict[str, bool], requested: str = "auto",
+               host: str = "", kernel: str = "") -> str:
+    """The shaping qdisc for this host: netem where the kernel has it; a rate-only profile may use
+    tbf instead (reported as such); a profile needing netem on a kernel without it fails loudly."""
+    profile = _profile(resolved)
+    if profile is None:
+        return "none"
+    where = f"host {host} (kernel {kernel})" if host else "this host"
+    if requested == "netem" or (requested == "auto" and (profile.needs_netem or support.get("netem"))):
+        if not support.get("netem"):
+            need = "delay/jitter/loss" if profile.needs_netem else "netem (netem_qdisc=netem)"
+            raise AnsibleFilterError(
+                f"{where} has no sch_netem: profile {profile.name!r} needs {need}; refusing to run unshaped "
+                "(a rate-only profile can use netem_qdisc=tbf)")
+        return "netem"
+    if requested in ("tbf", "auto"):
+        if profile.needs_netem:
+            raise AnsibleFilterError(f"profile {profile.name!r} needs netem (delay, jitter or loss): tbf only limits the rate")
+        if not support.get("tbf"):
+            raise AnsibleFilterError(f"{where} has neither sch_netem nor sch_tbf: cannot limit the rate")
+        return "tbf"
+    raise AnsibleFilterError(f"netem_qdisc: expected auto, netem or tbf, got {requested!r}")
+
+
+def netem_plan(show_json: str, interface: str, resolved: dict[str, Any] | None, kind: str = "netem",
+               bypass_ports: list[int] | None = None, filter_text: str = "", force: bool = False) -> list[list[str]]:
+    """tc argv lists taking ``interface`` to the profile ([] when already there)."""
+    try:
+        return netem.plan(interface, show_json, _profile(resolved), kind if kind != "none" else "netem",
+                          [int(p) for p in bypass_ports or []], netem.count_filters(filter_text or ""), bool(force))
+    except (netem.ProfileError, netem.ForeignQdiscError) as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
+def netem_peer_measurement(ping_stdout: str, iperf_stdout: str, own: dict[str, Any] | None,
+                           peer: dict[str, Any] | None, rtt_tolerance_ms: float = 5.0,
+                           rate_cap: float = 0.05, rate_achieved: float = 0.85) -> dict[str, Any]:
+    """One peer's measured RTT/rate, the expected RTT and the problems (empty: shaping in effect)."""
+    try:
+        measured = {**netem.parse_ping(ping_stdout), **netem.parse_iperf3(iperf_stdout)}
+    except (ValueError, KeyError, TypeError) as exc:
+        return {"problems": [f"measurement failed: {exc}"]}
+    tol = netem.Tolerance(float(rtt_tolerance_ms), float(rate_cap), float(rate_achieved))
+    problems = netem.judge(_profile(own), _profile(peer), measured, tol)
+    expected = netem.expected_rtt_ms(_profile(own), _profile(peer))
+    return {**{k: round(v, 3) for k, v in measured.items()}, "expected_rtt_ms": expected, "problems": problems}
+
+
+def netem_measure_all(peers: list[str], ping_results: list[dict[str, Any]], iperf_results: list[dict[str, Any]],
+                      own: dict[str, Any] | None, peer_profiles: list[Any], rtt_tolerance_ms: float = 5.0,
+                      rate_cap: float = 0.05, rate_achieved: float = 0.85) -> dict[str, dict[str, Any]]:
+    """{peer: netem_peer_measurement} from the registered loop results of the ping and iperf3 tasks."""
+    pings = {r.get("item"): r.get("stdout", "") for r in ping_results}
+    iperfs = {r.get("item"): r.get("stdout", "") for r in iperf_results}
+    out = {}
+    for peer, peer_profile in zip(peers, peer_profiles):
+        out[peer] = netem_peer_measurement(pings.get(peer, ""), iperfs.get(peer, "") or "{}", own,
+                                           peer_profile if isinstance(peer_profile, dict) else None,
+                                           rtt_tolerance_ms, rate_cap, rate_achieved)
+    return out
+
+
+def netem_mean(values: list[float]) -> float | None:
+    values = [float(v) for v in values]
+    return round(sum(values) / len(values), 3) if values else None
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "netem_resolve": netem_resolve,
+            "netem_describe": netem_describe,
+            "netem_kind": netem_kind,
+            "netem_plan": netem_plan,
+            "netem_peer_measurement": netem_peer_measurement,
+            "netem_measure_all": netem_measure_all,
+            "netem_mean": netem_mean,
+        }

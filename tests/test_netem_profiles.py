@@ -1,0 +1,261 @@
+"""bench_client.netem and the netem role's filters, without a kernel: profile parsing, safety
+floors, tc command lines, idempotence against recorded `tc -j qdisc show` output, measurements.
+
+The recorded qdisc JSON comes from real kernels: netem from the test VMs' Debian 6.1 cloud kernel
+(iproute2 6.1), tbf/htb from this machine's kernel."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from bench_client import netem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NOQUEUE = '[{"kind":"noqueue","handle":"0:","root":true,"refcnt":2,"options":{}}]'
+MQ = '[{"kind":"mq","handle":"0:","root":true,"options":{}},{"kind":"fq_codel","handle":"0:","parent":":1","options":{}}]'
+# `tc -j qdisc show` on the VM kernel after `tc qdisc add dev eth1 root handle 4e54: netem delay 10ms
+# rate 100mbit limit 22500`.
+NETEM_10MS_100MBIT = json.dumps([{
+    "kind": "netem", "handle": "4e54:", "root": True, "refcnt": 2,
+    "options": {"limit": 22500, "delay": {"delay": 0.01, "jitter": 0, "correlation": 0},
+                "rate": {"rate": 12500000, "packetoverhead": 0, "cellsize": 0, "celloverhead": 0},
+                "ecn": False, "gap": 0}}])
+TBF_10MBIT = '[{"kind":"tbf","handle":"4e54:","root":true,"refcnt":3,"options":{"rate":1250000,"burst":20000,"limit":10000}}]'
+HTB_BYPASS_TBF = ('[{"kind":"htb","handle":"4e54:","root":true,"refcnt":3,"options":{"r2q":10,"default":"0x2",'
+                  '"direct_packets_stat":0,"direct_qlen":1000}},{"kind":"tbf","handle":"4e55:","parent":"4e54:2",'
+                  '"options":{"rate":12500000,"burst":25000,"lat":58560}}]')
+FOREIGN_HTB = '[{"kind":"htb","handle":"1:","root":true,"refcnt":3,"options":{"r2q":10,"default":"0x10"}}]'
+
+
+def _plugin():
+    path = ROOT / "roles" / "netem" / "filter_plugins" / "netem.py"
+    spec = importlib.util.spec_from_file_location("netem_filter_plugin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,us", [("10ms", 10_000), ("10 ms", 10_000), ("0.1s", 100_000), ("250us", 250),
+                                     (10, 10_000), (2.5, 2_500), ("1.5sec", 1_500_000)])
+def test_parse_time(text, us):
+    assert netem.parse_time_us(text) == us
+
+
+@pytest.mark.parametrize("text,bit", [("100mbit", 100_000_000), ("1gbit", 1_000_000_000), ("1Gbit", 10**9),
+                                      ("12.5mbps", 100_000_000), ("512kbit", 512_000), ("1mibit", 2**20)])
+def test_parse_rate_uses_tc_units(text, bit):
+    assert netem.parse_rate_bit(text) == bit
+
+
+@pytest.mark.parametrize("bad", ["100", 100, "fast", "10 mbits", "", True])
+def test_parse_rate_needs_a_tc_unit(bad):
+    with pytest.raises(netem.ProfileError, match="rate"):
+        netem.parse_rate_bit(bad)
+
+
+@pytest.mark.parametrize("bad", ["10 minutes", "ms", "-5ms", "ten"])
+def test_parse_time_rejects_garbage(bad):
+    with pytest.raises(netem.ProfileError, match="delay"):
+        netem.parse_time_us(bad)
+
+
+def test_parse_loss_and_limit():
+    assert netem.parse_loss_pct("1%") == 1.0
+    assert netem.parse_loss_pct(0.5) == 0.5
+    with pytest.raises(netem.ProfileError, match="more than 100"):
+        netem.parse_loss_pct("101%")
+    assert netem.parse_limit("22500") == 22500
+    for bad in ("0", "-1", "1e3", "lots"):
+        with pytest.raises(netem.ProfileError, match="limit"):
+            netem.parse_limit(bad)
+
+
+# --- profiles --------------------------------------------------------------------------------------
+
+def test_paper_profiles_are_the_papers_numbers():
+    p = {name: netem.resolve_profile(name) for name in netem.PAPER_PROFILES}
+    assert (p["paper-10ms-1gbit"].delay_us, p["paper-10ms-1gbit"].rate_bit, p["paper-10ms-1gbit"].limit) == \
+        (10_000, 10**9, 225_000)
+    assert (p["paper-10ms-100mbit"].delay_us, p["paper-10ms-100mbit"].rate_bit, p["paper-10ms-100mbit"].limit) == \
+        (10_000, 10**8, 22_500)
+    assert (p["paper-100ms-100mbit"].delay_us, p["paper-100ms-100mbit"].rate_bit,
+            p["paper-100ms-100mbit"].limit) == (100_000, 10**8, 2_250_000)
+    cmd = netem.plan("eth0", NOQUEUE, p["paper-100ms-100mbit"])
+    assert cmd == [["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "4e54:", "netem",
+                    "delay", "100ms", "rate", "100mbit", "limit", "2250000"]]
+
+
+def test_custom_profile_and_none():
+    p = netem.resolve_profile({"name": "lan", "delay": "5ms", "jitter": "1ms", "rate": "50mbit", "loss": "0.1%",
+                               "limit": 1000})
+    assert p == netem.Profile("lan", 5000, 1000, 50_000_000, 0.1, 1000)
+    assert netem.shaping_qdisc(p, "netem", "4e54:", "root").args == (
+        "delay", "5ms", "1ms", "loss", "random", "0.1%", "rate", "50mbit", "limit", "1000")
+    assert netem.resolve_profile("none") is None
+    assert netem.resolve_profile(None) is None
+    assert p.describe()["rate_mbit"] == 50.0
+
+
+@pytest.mark.parametrize("spec,problem", [
+    ({"rate": "100kbit"}, "below the floor"),
+    ({"loss": "100%"}, "loss 100.0% is above"),
+    ({"delay": "300s"}, "delay 300000ms is above"),
+    ({"delay": "10ms", "jitter": "20ms"}, "jitter larger"),
+    ({"rate": "1gbit", "limit": 50_000_000}, "limit 50000000"),
+])
+def test_safety_floors_refuse_unless_forced(spec, problem):
+    with pytest.raises(netem.ProfileError, match=problem) as err:
+        netem.resolve_profile(spec)
+    assert "\n" not in str(err.value) and "netem_force" in str(err.value)
+    assert netem.resolve_profile(spec, force=True) is not None
+
+
+@pytest.mark.parametrize("spec,problem", [
+    ("paper-10ms-10gbit", "unknown profile"),
+    ({"delay": "10ms", "bandwidth": "1gbit"}, "unknown profile keys"),
+    ({"jitter": "1ms"}, "jitter needs a delay"),
+    ({"limit": 100}, "shapes nothing"),
+    (["10ms"], "a name or a dict"),
+])
+def test_bad_profiles_are_refused_even_when_forced(spec, problem):
+    with pytest.raises(netem.ProfileError, match=problem):
+        netem.resolve_profile(spec, force=True)
+
+
+# --- plans and idempotence -------------------------------------------------------------------------
+
+def test_same_profile_twice_changes_nothing():
+    p = netem.resolve_profile("paper-10ms-100mbit")
+    assert netem.plan("eth1", NETEM_10MS_100MBIT, p) == []
+
+
+def test_different_profile_replaces_not_stacks():
+    p = netem.resolve_profile("paper-100ms-100mbit")
+    cmds = netem.plan("eth1", NETEM_10MS_100MBIT, p)
+    assert cmds[0] == ["tc", "qdisc", "del", "dev", "eth1", "root"]
+    assert [c[2] for c in cmds] == ["del", "add"]
+    assert cmds[1][5:9] == ["root", "handle", "4e54:", "netem"]
+
+
+def test_a_changed_limit_alone_is_a_difference():
+    p = netem.Profile("x", delay_us=10_000, rate_bit=10**8, limit=1000)
+    assert netem.plan("eth1", NETEM_10MS_100MBIT, p) != []
+
+
+def test_kernel_default_roots_are_replaced_foreign_ones_kept():
+    p = netem.resolve_profile("paper-10ms-1gbit")
+    assert [c[2] for c in netem.plan("eth0", MQ, p)] == ["add"]
+    with pytest.raises(netem.ForeignQdiscError, match="htb 1:"):
+        netem.plan("eth0", FOREIGN_HTB, p)
+    assert [c[2] for c in netem.plan("eth0", FOREIGN_HTB, p, force=True)] == ["del", "add"]
+
+
+def test_removal_touches_only_our_qdisc():
+    assert netem.plan("eth1", NETEM_10MS_100MBIT, None) == [["tc", "qdisc", "del", "dev", "eth1", "root"]]
+    assert netem.plan("eth1", NOQUEUE, None) == []
+    assert netem.plan("eth1", FOREIGN_HTB, None) == []
+
+
+def test_rate_only_profile_as_tbf():
+    p = netem.resolve_profile({"rate": "10mbit", "limit": 100})
+    assert netem.plan("veth0", NOQUEUE, p, "tbf") == [
+        ["tc", "qdisc", "add", "dev", "veth0", "root", "handle", "4e54:", "tbf", "rate", "10mbit",
+         "burst", "15140", "limit", "151400"]]
+    assert netem.plan("veth0", TBF_10MBIT, p, "tbf") == []
+    with pytest.raises(netem.ProfileError, match="needs netem"):
+        netem.plan("veth0", NOQUEUE, netem.resolve_profile("paper-10ms-100mbit"), "tbf")
+
+
+def test_ssh_bypass_tree_and_its_idempotence():
+    p = netem.resolve_profile({"rate": "100mbit", "limit": 500})
+    cmds = netem.plan("veth0", NOQUEUE, p, "tbf", [22])
+    assert cmds[0][5:] == ["root", "handle", "4e54:", "htb", "default", "2"]
+    assert [c[1] for c in cmds] == ["qdisc", "class", "class", "qdisc"] + ["filter"] * 4
+    assert all(c[-2:] == ["flowid", "4e54:1"] for c in cmds if c[1] == "filter")
+    assert netem.plan("veth0", HTB_BYPASS_TBF, p, "tbf", [22], filter_count=4) == []
+    # filters lost (someone flushed them): rebuilt
+    assert netem.plan("veth0", HTB_BYPASS_TBF, p, "tbf", [22], filter_count=0)[0][2] == "del"
+    # bypass switched off: the plain root replaces the htb tree
+    assert [c[2] for c in netem.plan("veth0", HTB_BYPASS_TBF, p, "tbf")] == ["del", "add"]
+
+
+def test_count_filters_reads_tc_text():
+    text = ("filter protocol ip pref 1 u32 chain 0 fh 800::800 order 2048 key ht 800 bkt 0 *flowid 4e54:1 not_in_hw\n"
+            "  match 00160000/ffff0000 at 20\n"
+            "filter protocol ip pref 1 u32 chain 0 fh 800::801 order 2049 key ht 800 bkt 0 *flowid 4e54:1 not_in_hw\n")
+    assert netem.count_filters(text) == 2
+    assert netem.count_filters("") == 0
+
+
+# --- measurements ----------------------------------------------------------------------------------
+
+PING = """PING 10.202.0.12 (10.202.0.12) 56(84) bytes of data.
+
+--- 10.202.0.12 ping statistics ---
+10 packets transmitted, 10 received, 0% packet loss, time 1811ms
+rtt min/avg/max/mdev = 20.412/20.987/22.103/0.512 ms
+"""
+
+
+def _iperf(bps: float) -> str:
+    return json.dumps({"end": {"sum_sent": {"retransmits": 3}, "sum_received": {"bits_per_second": bps}}})
+
+
+def test_parse_measurements():
+    assert netem.parse_ping(PING) == {"rtt_min_ms": 20.412, "rtt_avg_ms": 20.987, "rtt_max_ms": 22.103,
+                                      "rtt_mdev_ms": 0.512, "ping_loss_pct": 0.0}
+    assert netem.parse_iperf3(_iperf(95e6)) == {"rate_mbit": 95.0, "retransmits": 3.0}
+    with pytest.raises(ValueError, match="unable to connect"):
+        netem.parse_iperf3('{"error": "unable to connect to server"}')
+    with pytest.raises(ValueError):
+        netem.parse_ping("ping: connect: Network is unreachable")
+
+
+def test_judge_delay_exactly_and_rate_as_cap():
+    p = netem.resolve_profile("paper-10ms-100mbit")
+    ok = {"rtt_avg_ms": 21.0, "rate_mbit": 95.0}
+    assert netem.judge(p, p, ok) == []
+    assert netem.expected_rtt_ms(p, p) == 20.0
+    assert "not in effect" in netem.judge(p, p, {**ok, "rtt_avg_ms": 1.1})[0]  # delay missing
+    assert "exceeds the configured" in netem.judge(p, p, {**ok, "rtt_avg_ms": 40.0})[0]
+    assert "exceeds the 100 Mbit/s cap" in netem.judge(p, p, {**ok, "rate_mbit": 900.0})[0]
+    assert "below 85%" in netem.judge(p, p, {**ok, "rate_mbit": 50.0})[0]
+    loose = netem.Tolerance(rate_achieved=0)
+    assert netem.judge(p, p, {**ok, "rate_mbit": 50.0}, loose) == []  # cap only
+    assert netem.judge(p, None, {"rtt_avg_ms": 10.8, "rate_mbit": 97.0}) == []  # unshaped peer
+
+
+def test_filter_plugin_kind_choice_and_errors():
+    plugin = _plugin()
+    rate_only = plugin.netem_resolve({"rate": "100mbit"})
+    delayed = plugin.netem_resolve("paper-10ms-100mbit")
+    no_netem = {"netem": False, "tbf": True, "htb": True}
+    assert plugin.netem_kind(delayed, {"netem": True, "tbf": True}) == "netem"
+    assert plugin.netem_kind(rate_only, {"netem": True, "tbf": True}) == "netem"
+    assert plugin.netem_kind(rate_only, no_netem) == "tbf"  # explicit fallback, reported by the role
+    assert plugin.netem_kind(None, no_netem) == "none"
+    with pytest.raises(plugin.AnsibleFilterError, match="has no sch_netem.*refusing to run unshaped"):
+        plugin.netem_kind(delayed, no_netem, "auto", "vm1", "6.18")
+    with pytest.raises(plugin.AnsibleFilterError, match="has no sch_netem"):
+        plugin.netem_kind(rate_only, no_netem, "netem")
+    with pytest.raises(plugin.AnsibleFilterError, match="netem_profile: unknown profile"):
+        plugin.netem_resolve("paper")
+
+
+def test_filter_plugin_measurement_record():
+    plugin = _plugin()
+    own = plugin.netem_resolve("paper-10ms-100mbit")
+    out = plugin.netem_measure_all(["vm2"], [{"item": "vm2", "stdout": PING}],
+                                   [{"item": "vm2", "stdout": _iperf(96e6)}], own, [own])
+    assert out["vm2"]["rtt_avg_ms"] == 20.987 and out["vm2"]["rate_mbit"] == 96.0
+    assert out["vm2"]["expected_rtt_ms"] == 20.0 and out["vm2"]["problems"] == []
+    failed = plugin.netem_measure_all(["vm2"], [{"item": "vm2", "stdout": ""}], [], own, [own])
+    assert failed["vm2"]["problems"][0].startswith("measurement failed")
+    assert plugin.netem_mean([20.0, 22.0]) == 21.0 and plugin.netem_mean([]) is None
