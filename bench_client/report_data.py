@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +75,9 @@ class ResultRow:
     num_servers: int | None = None
     gpu_name: str | None = None
     run_id: str | None = None
-    has_metadata: bool = False
+    metadata_at: str | None = None  # "path:line" of the JSONL record, None without metadata
     status: str = "ok"
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def batch_setting(self) -> str:
@@ -293,10 +292,9 @@ def _row_from_record(base: ResultRow, record: dict, path: Path, line: int, defau
         num_servers=_jsonl_optional_int(record, "num_servers", path, line),
         gpu_name=gpu_name,
         run_id=record.get("run_id"),
-        has_metadata=True,
+        metadata_at=f"{path}:{line}",
         status=record["status"],
         error=record.get("error"),
-        extra={"jsonl": str(path), "jsonl_line": line},
     )
     return row
 

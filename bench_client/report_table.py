@@ -131,6 +131,7 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[Derived], Any]], ...] = (
     ("ours_vs_paper_petals", lambda d: d.vs_paper_petals),
     ("run_id", lambda d: d.row.run_id),
     ("source", lambda d: f"{d.row.source}:{d.row.line}"),
+    ("metadata", lambda d: d.row.metadata_at),
 )
 
 
@@ -238,6 +239,6 @@ def md_failed(failed: list[ResultRow]) -> str:
         error = (r.error or "no error recorded").splitlines()[0][:200].replace("|", "\\|")
         lines.append(
             f"| {r.model or 'unknown'} | {r.network_profile or 'unknown'} | {r.batch_setting} | "
-            f"{r.prompt_length} / {r.new_tokens} | {error} | {r.extra.get('jsonl', r.source)}:{r.extra.get('jsonl_line', r.line)} |"
+            f"{r.prompt_length} / {r.new_tokens} | {error} | {r.metadata_at or f'{r.source}:{r.line}'} |"
         )
     return "\n".join(lines) + "\n"
