@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bench_client import netem
 from bench_client.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
 
 GROUPS = ("dht", "servers", "clients")
@@ -33,49 +34,26 @@ class PlanError(ValueError):
     """A refusal: the message says what is wrong and what to change."""
 
 
-# The paper's three settings (FlexGen §6.3), applied on every server host's egress. TODO: take these
-# from bench_client.netem once it lands, so the table lives in one place.
-PAPER_PROFILES: dict[str, dict[str, str]] = {
-    "10ms-1gbit": {"delay": "10ms", "rate": "1gbit", "limit": "225000"},
-    "10ms-100mbit": {"delay": "10ms", "rate": "100mbit", "limit": "22500"},
-    "100ms-100mbit": {"delay": "100ms", "rate": "100mbit", "limit": "2250000"},
-}
-UNSHAPED = "none"
-_DELAY = re.compile(r"^\d+(\.\d+)?(us|usec|ms|msec|s|sec)$")
-_RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)$", re.IGNORECASE)
-_PROFILE_KEYS = {"name", "delay", "jitter", "rate", "loss", "limit"}
-
-
 def resolve_profile(item: Any) -> dict[str, Any]:
-    """A profile name or a custom dict -> ``{"name": ..., "netem": None | {delay, rate, ...}}``."""
-    if isinstance(item, str):
-        if item == UNSHAPED:
-            return {"name": UNSHAPED, "netem": None}
-        if item in PAPER_PROFILES:
-            return {"name": item, "netem": dict(PAPER_PROFILES[item])}
-        raise ValueError(f"unknown network profile {item!r}; known: {UNSHAPED}, {', '.join(PAPER_PROFILES)} "
-                         "or a dict like {name: wan, delay: 50ms, rate: 100mbit}")
-    if not isinstance(item, dict):
-        raise ValueError(f"a profile must be a name or a dict, got {item!r}")
-    unknown = set(item) - _PROFILE_KEYS
-    if unknown:
-        raise ValueError(f"profile {item!r}: unknown keys {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_PROFILE_KEYS))}")
-    name = str(item.get("name") or "")
-    if not name:
-        raise ValueError(f"custom profile {item!r} needs a name (it names the results folder)")
-    spec = {k: str(v) for k, v in item.items() if k != "name" and v not in (None, "")}
-    for key in ("delay", "jitter"):
-        if key in spec and not _DELAY.match(spec[key]):
-            raise ValueError(f"profile {name}: {key} {spec[key]!r} is malformed; write it like 10ms, 0.5ms or 1s")
-    if "rate" in spec and not _RATE.match(spec["rate"]):
-        raise ValueError(f"profile {name}: rate {spec['rate']!r} is malformed; write it like 100mbit, 1gbit or 500kbit")
-    if "loss" in spec and not re.match(r"^\d+(\.\d+)?%$", spec["loss"]):
-        raise ValueError(f"profile {name}: loss {spec['loss']!r} is malformed; write it like 0.1%")
-    if "limit" in spec and not spec["limit"].isdigit():
-        raise ValueError(f"profile {name}: limit {spec['limit']!r} must be a packet count like 22500")
-    if not spec:
-        raise ValueError(f"profile {name}: give at least one of delay, rate, loss (or use the profile 'none')")
-    return {"name": name, "netem": spec}
+    """A profile name or a custom dict -> ``{"name", "netem", "describe"}``.
+
+    ``netem`` is what the netem role takes as netem_profile (None: no shaping); bench_client.netem
+    owns the profile table, the tc unit syntax and the safety floors.
+    """
+    try:
+        profile = netem.resolve_profile(item)
+    except netem.ProfileError as exc:
+        raise PlanError(f"network profile {item!r}: {exc}") from None
+    if profile is None:
+        return {"name": netem.NO_SHAPING, "netem": None, "describe": None}
+    if isinstance(item, dict):
+        if not item.get("name"):
+            raise PlanError(f"custom network profile {item!r} needs a name (it names the results folder), "
+                            "e.g. {name: wan50, delay: 50ms, rate: 100mbit}")
+        spec: Any = {k: v for k, v in item.items() if v not in (None, "")}
+    else:
+        spec = profile.name
+    return {"name": profile.name, "netem": spec, "describe": profile.describe()}
 
 
 @dataclass(frozen=True)
@@ -137,7 +115,7 @@ def parse_profiles(value: Any) -> list[dict[str, Any]]:
             try:
                 value = json.loads(text)
             except ValueError:
-                raise PlanError(f"profiles {text!r} is not a JSON list; pass e.g. profiles=none,10ms-100mbit") from None
+                raise PlanError(f"profiles {text!r} is not a JSON list; pass e.g. profiles=none,paper-10ms-100mbit") from None
         else:
             value = [item.strip() for item in text.split(",") if item.strip()]
     if isinstance(value, dict):
@@ -146,10 +124,7 @@ def parse_profiles(value: Any) -> list[dict[str, Any]]:
         raise PlanError(f"profiles must be a list or a comma-separated string, got {type(value).__name__}")
     result, seen = [], set()
     for item in value:
-        try:
-            profile = resolve_profile(item)
-        except ValueError as exc:
-            raise PlanError(str(exc)) from None
+        profile = resolve_profile(item)
         if not _SAFE_NAME.match(profile["name"]):
             raise PlanError(f"profile name {profile['name']!r} is used as a results folder: use letters, digits, '.', '_' or '-'")
         if profile["name"] in seen:
@@ -248,14 +223,14 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
         raise PlanError(f"{total} servers ({detail}) but {model.name} has only {model.layers} blocks, so some block "
                         "spans would be empty; lower netbench_servers_per_host or use fewer server hosts")
     spans = split_blocks(model.layers, total)
-    port_base = int(config.get("server_port_base") or 31400)
+    port_base = int(config.get("server_port_base", 31400))
     servers, i = [], 0
     for host, count in counts.items():
         for index in range(count):
             start, end = spans[i]
             device = f"cuda:{index}" if server_hosts[host].device == "cuda" else "cpu"
             servers.append({"host": host, "index": index, "start": start, "end": end, "span": f"{start}:{end}",
-                            "device": device, "port": port_base + index, "name": f"server{index}"})
+                            "device": device, "port": port_base + index if port_base else 0, "name": f"server{index}"})
             i += 1
 
     shaped = [p["name"] for p in profiles if p["netem"] is not None]

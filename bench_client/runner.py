@@ -1,0 +1,279 @@
+"""Run the Ansible experiment (site.yml) through ansible-runner, with live progress per host and task.
+
+    petals-netbench                                   # local inventory, tiny model, no shaping
+    petals-netbench -i inventory/emulated/hosts.yml -m facebook/opt-30b -p none,10ms-100mbit
+    petals-netbench --cleanup                         # the cleanup tag: stop everything of ours
+    python -m bench_client.runner -e bench_client_new_tokens=8 --tags swarm,bench,fetch
+
+Prints one line per finished task and host while the play runs, every failure with its host, task
+and message as it happens, and at the end where the fetched results are
+(``results/<run_id>/<profile>/out.tsv``). The Python API is :func:`run_experiment`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+PROJECT_DIR = Path(os.environ.get("NETBENCH_PROJECT_DIR", Path(__file__).resolve().parents[1]))
+DEFAULT_INVENTORY = "inventory/local/hosts.yml"
+
+
+@dataclass
+class TaskTiming:
+    host: str
+    task: str
+    role: str
+    duration_s: float
+    status: str
+
+
+@dataclass
+class Failure:
+    host: str
+    task: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"FAILED {self.host} | {self.task}: {self.message}"
+
+
+@dataclass
+class ExperimentResult:
+    status: str  # ansible-runner's: successful, failed, timeout, canceled
+    rc: int
+    run_id: str
+    results_dir: Path  # <project>/results/<run_id> (or results_dir/<run_id>)
+    wall_time_s: float
+    failures: list[Failure] = field(default_factory=list)
+    timings: list[TaskTiming] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    @property
+    def profile_dirs(self) -> list[Path]:
+        return sorted(p.parent for p in self.results_dir.glob("*/out.tsv"))
+
+    def changed(self) -> dict[str, int]:
+        """Tasks reported changed per host (0 everywhere on an idempotent second run)."""
+        return dict(self.stats.get("changed", {}))
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def _first_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def failure_message(res: dict[str, Any]) -> str:
+    """The useful part of a failed task result: its msg, plus stderr/stdout tails for commands."""
+    if res.get("results"):  # a loop: report the first item that failed
+        for item in res["results"]:
+            if isinstance(item, dict) and item.get("failed"):
+                label = item.get("_ansible_item_label", item.get("item"))
+                return f"[{_first_line(str(label), 80)}] {failure_message(item)}"
+    parts = []
+    msg = res.get("msg")
+    if msg and msg != "non-zero return code":
+        parts.append(str(msg))
+    for key in ("stderr", "stdout"):
+        text = (res.get(key) or "").strip()
+        if text:
+            parts.append(f"{key}: " + " | ".join(text.splitlines()[-6:]))
+            break
+    if "rc" in res and not parts:
+        parts.append(f"exit code {res['rc']}")
+    return _first_line(" ".join(parts), 1200) or "failed (no message)"
+
+
+class ProgressPrinter:
+    """ansible-runner event handler: one line per finished task and host, failures as they happen."""
+
+    def __init__(self, out: TextIO = sys.stdout, verbose: bool = False, now: Callable[[], float] = time.monotonic):
+        self.out = out
+        self.verbose = verbose
+        self.now = now
+        self.started = now()
+        self.failures: list[Failure] = []
+        self.timings: list[TaskTiming] = []
+
+    def _print(self, text: str) -> None:
+        print(f"[{self.now() - self.started:7.1f}s] {text}", file=self.out, flush=True)
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {}) or {}
+        if kind == "playbook_on_play_start":
+            self._print(f"PLAY {data.get('play', '')}")
+        elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
+            host = data.get("remote_addr") or data.get("host", "?")
+            task = data.get("task", "")
+            role = data.get("role", "")
+            label = f"{role} : {task}" if role else task
+            res = data.get("res") or {}
+            status = {"runner_on_ok": "changed" if res.get("changed") else "ok", "runner_on_failed": "FAILED",
+                      "runner_on_unreachable": "UNREACHABLE", "runner_on_skipped": "skipped"}[kind]
+            if kind == "runner_on_failed" and data.get("ignore_errors"):
+                status = "ignored"
+            duration = float(data.get("duration") or 0.0)
+            self.timings.append(TaskTiming(host, task, role, duration, status))
+            if status == "skipped" and not self.verbose:
+                return True
+            self._print(f"{status:<8} {host:<16} {label} ({duration:.1f}s)")
+            if status in ("FAILED", "UNREACHABLE"):
+                failure = Failure(host, label, failure_message(res))
+                self.failures.append(failure)
+                print(f"          {failure}", file=self.out, flush=True)
+        return True
+
+
+def run_experiment(
+    inventory: str | Path | None = None,
+    model: str | None = None,
+    profiles: str | list | None = None,
+    extravars: dict[str, Any] | None = None,
+    tags: str | list[str] | None = None,
+    skip_tags: str | list[str] | None = None,
+    run_id: str | None = None,
+    playbook: str = "site.yml",
+    project_dir: str | Path = PROJECT_DIR,
+    check: bool = False,
+    out: TextIO = sys.stdout,
+    verbose: bool = False,
+    envvars: dict[str, str] | None = None,
+) -> ExperimentResult:
+    """Run ``playbook`` with ansible-runner and return the outcome and where the results are."""
+    import ansible_runner  # imported here so `--help` and the pure helpers stay fast
+
+    project = Path(project_dir).resolve()
+    inventory_path = Path(inventory or project / DEFAULT_INVENTORY)
+    if not inventory_path.is_absolute():
+        inventory_path = (Path.cwd() / inventory_path) if (Path.cwd() / inventory_path).exists() else project / inventory_path
+    if not inventory_path.exists():
+        raise FileNotFoundError(f"inventory {inventory_path} does not exist")
+    variables: dict[str, Any] = dict(extravars or {})
+    if model:
+        variables["model"] = model
+    if profiles:
+        variables["profiles"] = profiles
+    run_id = run_id or variables.get("run_id") or new_run_id()
+    variables["run_id"] = run_id
+    results_root = Path(variables.get("results_dir") or project / "results")
+    variables["results_dir"] = str(results_root)
+    private = project / ".cache" / "runner"
+    private.mkdir(parents=True, exist_ok=True)
+    printer = ProgressPrinter(out=out, verbose=verbose)
+    cmdline = "--check --diff" if check else None
+    env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0", **(envvars or {})}
+    # The ansible-playbook of this interpreter's environment, also when the venv is not activated.
+    bindir = Path(sys.executable).parent
+    env.setdefault("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.setdefault("VIRTUAL_ENV", str(bindir.parent))
+    started = time.monotonic()
+    runner = ansible_runner.run(
+        private_data_dir=str(private),
+        project_dir=str(project),
+        playbook=playbook,
+        inventory=str(inventory_path),
+        extravars=variables,
+        tags=",".join(tags) if isinstance(tags, list) else tags,
+        skip_tags=",".join(skip_tags) if isinstance(skip_tags, list) else skip_tags,
+        cmdline=cmdline,
+        envvars=env,
+        ident=run_id + "-" + secrets.token_hex(2),
+        rotate_artifacts=20,
+        event_handler=printer,
+        quiet=True,
+    )
+    wall = time.monotonic() - started
+    if runner.rc != 0 and not printer.failures:  # e.g. a syntax error: no task event, but stdout says why
+        tail = [line for line in runner.stdout.read().splitlines() if line.strip()][-5:]
+        printer.failures.append(Failure("controller", "ansible-playbook", _first_line(" | ".join(tail), 1200)))
+    return ExperimentResult(status=runner.status, rc=runner.rc, run_id=run_id, results_dir=results_root / run_id,
+                            wall_time_s=wall, failures=printer.failures, timings=printer.timings,
+                            stats=runner.stats or {})
+
+
+def _parse_extravar(text: str) -> dict[str, Any]:
+    """``-e`` like ansible-playbook: KEY=VALUE, a JSON object, or @file.(json|yml)."""
+    if text.startswith("@"):
+        import yaml
+
+        return yaml.safe_load(Path(text[1:]).read_text()) or {}
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"-e {text!r}: use KEY=VALUE, a JSON object or @FILE")
+    try:
+        parsed = json.loads(value)  # numbers, lists, booleans as JSON; anything else as a string
+    except ValueError:
+        parsed = value
+    return {key: parsed}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="petals-netbench", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[2:7]))
+    p.add_argument("-i", "--inventory", default=None, help=f"inventory (default {DEFAULT_INVENTORY})")
+    p.add_argument("-m", "--model", default=None, help="model name, e.g. facebook/opt-30b")
+    p.add_argument("-p", "--profiles", default=None, help="network profiles, comma-separated (default: none)")
+    p.add_argument("--dtype", default=None, help="weight dtype (default float16 on CUDA, float32 on CPU)")
+    p.add_argument("--run-id", default=None, help="results folder name (default: UTC timestamp)")
+    p.add_argument("-e", "--extra-vars", action="append", type=_parse_extravar, default=[], metavar="VARS")
+    p.add_argument("-t", "--tags", default=None, help="only these stages: provision,swarm,shaping,bench,fetch")
+    p.add_argument("--skip-tags", default=None)
+    p.add_argument("--cleanup", action="store_true", help="run only the cleanup tag (stop everything, unshape)")
+    p.add_argument("--check", action="store_true", help="Ansible check mode: report what would change")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list skipped tasks")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    extravars: dict[str, Any] = {}
+    for item in args.extra_vars:
+        extravars.update(item)
+    if args.dtype:
+        extravars["dtype"] = args.dtype
+    tags = "cleanup" if args.cleanup else args.tags
+    try:
+        result = run_experiment(inventory=args.inventory, model=args.model, profiles=args.profiles,
+                                extravars=extravars, tags=tags, skip_tags=args.skip_tags, run_id=args.run_id,
+                                check=args.check, verbose=args.verbose)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    tsvs = [str(d / "out.tsv") for d in result.profile_dirs]
+    if args.json:
+        print(json.dumps({"status": result.status, "rc": result.rc, "run_id": result.run_id,
+                          "results_dir": str(result.results_dir), "tsv": tsvs, "wall_time_s": round(result.wall_time_s, 1),
+                          "failures": [f.__dict__ for f in result.failures]}, indent=2))
+    else:
+        print(f"{result.status} (rc {result.rc}) in {result.wall_time_s:.0f} s")
+        for failure in result.failures:
+            print(failure)
+        if tsvs:
+            print(f"results: {result.results_dir}")
+            for tsv in tsvs:
+                print(f"  {tsv}")
+    return result.rc if result.rc is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
