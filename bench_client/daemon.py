@@ -3,6 +3,7 @@
     python -m bench_client.daemon start --pidfile P --log L [--ready-file F] [--env K=V ...] -- CMD ...
     python -m bench_client.daemon stop --pidfile P [--timeout S]
     python -m bench_client.daemon status --pidfile P
+    python -m bench_client.daemon run --pidfile P -- CMD ...   # foreground; no leftovers
 
 Each process is started in its own session (so it leads a new process group) and its PID, PGID,
 start time and command line are recorded in a JSON pidfile. ``stop`` signals the whole group
@@ -154,6 +155,35 @@ def stop(pidfile: Path, timeout: float = 20.0) -> dict:
     return {"changed": True, "running": False, "pid": record.pid, "signal": sig.name}
 
 
+def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
+    """Run CMD in its own session in the foreground and return its exit code; afterwards stop whatever
+    it left behind in its process group (p2pd daemons, worker processes), so a finished benchmark
+    leaves no process of ours. While it runs, ``stop --pidfile`` (cleanup) can end it."""
+    if not argv:
+        raise DaemonError("no command given after --")
+    proc = subprocess.Popen(argv, start_new_session=True)
+    info = _stat(proc.pid)
+    Record(proc.pid, proc.pid, info[2] if info else 0, argv, "-").save(pidfile)
+
+    def forward(signum, frame):  # noqa: ARG001  (Ansible's async timeout or a Ctrl-C reaches us)
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        code = proc.wait()
+    finally:
+        leftovers = group_members(proc.pid)
+        if leftovers:
+            print(f"daemon: stopping {len(leftovers)} process(es) {argv[0]} left behind: {leftovers}", file=sys.stderr)
+            stop(pidfile, timeout=grace)
+        pidfile.unlink(missing_ok=True)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench_client.daemon", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
@@ -168,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_stop = sub.add_parser("stop", help="SIGTERM the process group, SIGKILL after --timeout")
     p_stop.add_argument("--pidfile", required=True, type=Path)
     p_stop.add_argument("--timeout", type=float, default=20.0)
+    p_run = sub.add_parser("run", help="run CMD in its own session in the foreground, then stop its leftovers")
+    p_run.add_argument("--pidfile", required=True, type=Path)
+    p_run.add_argument("command", nargs=argparse.REMAINDER)
     p_status = sub.add_parser("status")
     p_status.add_argument("--pidfile", required=True, type=Path)
     return parser
@@ -181,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             env = dict(item.split("=", 1) for item in args.env)
             result = start(command, args.pidfile, args.log, env=env, cwd=args.cwd, ready_file=args.ready_file,
                            ready_timeout=args.ready_timeout)
+        elif args.action == "run":
+            command = args.command[1:] if args.command[:1] == ["--"] else args.command
+            return run(command, args.pidfile)
         elif args.action == "stop":
             result = stop(args.pidfile, timeout=args.timeout)
         else:

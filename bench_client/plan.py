@@ -246,7 +246,8 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
         "model": model.name, "dht_prefix": model.dht_prefix, "layers": model.layers, "dtype": dtype,
         "run_id": run_id, "profiles": profiles, "servers": servers,
         "servers_by_host": {h: [s for s in servers if s["host"] == h] for h in counts},
-        "num_servers": len(servers), "num_gpus": num_gpus, "memory": memory, "groups": groups,
+        "num_servers": len(servers), "num_gpus": num_gpus,
+        "gpus_by_host": {h: len((data or {}).get("gpus_mib") or ()) for h, data in host_data.items()}, "memory": memory, "groups": groups,
     }
 
 

@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--table-new-tokens",
         type=_positive_int,
-        default=PAPER_NEW_TOKENS,
-        help=f"rows with this many new tokens form the table (default {PAPER_NEW_TOKENS}, the paper's)",
+        help=f"rows with this many new tokens form the table (default: the paper's {PAPER_NEW_TOKENS} where measured, "
+        "else the largest count measured)",
     )
     parser.add_argument(
         "--metadata", type=Path, help="JSONL of the one TSV given, where it is not beside it (the client's --metadata)"
@@ -63,13 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def render(results: Results, table_new_tokens: int) -> dict[str, bytes]:
+def table_token_count(results: Results, requested: int | None) -> tuple[int, str]:
+    """The new-token count of the table's rows: the one asked for, else the paper's 32 where measured,
+    else the largest measured (a short CPU test run), saying which."""
+    if requested is not None:
+        return requested, f"Rows with {requested} new tokens (--table-new-tokens)"
+    counts = {r.new_tokens for r in results.rows}
+    if PAPER_NEW_TOKENS in counts:
+        return PAPER_NEW_TOKENS, f"Rows with {PAPER_NEW_TOKENS} new tokens, the paper's"
+    largest = max(counts)
+    return largest, f"Rows with {largest} new tokens, the most measured (no result has the paper's {PAPER_NEW_TOKENS})"
+
+
+def render(results: Results, requested_new_tokens: int | None) -> dict[str, bytes]:
     """Every output file, by name, in memory."""
     # imported here so that bad input is reported without paying for matplotlib's import
     from bench_client.report_plots import render_plots
     from bench_client.report_table import NOTES, derive_all, md_failed, md_table, to_csv
 
     derived = derive_all(results.rows)
+    table_new_tokens, which_rows = table_token_count(results, requested_new_tokens)
     table = [d for d in derived if d.row.new_tokens == table_new_tokens]
     plots = render_plots(derived)
     with_run = len({d.row.run_id for d in table}) > 1
@@ -77,7 +90,7 @@ def render(results: Results, table_new_tokens: int) -> dict[str, bytes]:
     md = [
         f"# Table 17 from our runs (prompt {PAPER_PROMPT_LENGTH} / {PAPER_NEW_TOKENS} new tokens is the paper's workload)\n\n"
     ]
-    md.append(f"Rows with {table_new_tokens} new tokens; every row (token sweeps too) is in `rows.csv`.\n\n")
+    md.append(f"{which_rows}; every row (token sweeps too) is in `rows.csv`.\n\n")
     md.append(
         md_table(table, with_run) if table else f"No result has {table_new_tokens} new tokens (see `rows.csv`).\n"
     )

@@ -76,6 +76,20 @@ def _curves(group: list[Derived]) -> dict[str, list[Derived]]:
     return dict(sorted(curves.items(), key=lambda item: natural_key(item[0])))
 
 
+def _plot_curve(ax, points: list[tuple[int, float]], label: str, color: str | None = None) -> str:
+    """A line through the mean at each token count, and a marker for every measurement (a sweep may
+    measure a configuration twice, e.g. 32 new tokens in the prompt sweep and in the token sweep)."""
+    by_x: dict[int, list[float]] = {}
+    for x, y in points:
+        by_x.setdefault(x, []).append(y)
+    xs = sorted(by_x)
+    (line,) = ax.plot(xs, [sum(by_x[x]) / len(by_x[x]) for x in xs], marker="o", markersize=4, label=label, color=color)
+    repeated = [(x, y) for x in xs if len(by_x[x]) > 1 for y in by_x[x]]
+    if repeated:
+        ax.scatter([x for x, _ in repeated], [y for _, y in repeated], s=12, color=line.get_color(), alpha=0.6)
+    return line.get_color()
+
+
 def render_group(group: list[Derived]) -> bytes:
     first = group[0]
     per_gpu = all(d.per_gpu_throughput is not None for d in group)
@@ -89,10 +103,8 @@ def render_group(group: list[Derived]) -> bytes:
                 if d.row.new_tokens > 0
             ]
             lat = [(d.row.new_tokens, d.row.mean_generate_latency_s) for d in points]
-            (line,) = ax_tp.plot([x for x, _ in tp], [y for _, y in tp], marker="o", markersize=4, label=label)
-            ax_lat.plot(
-                [x for x, _ in lat], [y for _, y in lat], marker="o", markersize=4, color=line.get_color(), label=label
-            )
+            color = _plot_curve(ax_tp, tp, label)
+            _plot_curve(ax_lat, lat, label, color)
 
         anchors = [d for d in group if d.paper_petals is not None]
         if per_gpu and anchors:

@@ -78,6 +78,16 @@ def _first_line(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def playbook_error(stdout: str) -> str:
+    """The error ansible-playbook printed (and where), or the last lines of its output."""
+    lines = [line.rstrip() for line in stdout.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith(("[ERROR]", "ERROR!")):
+            origin = next((x.strip() for x in lines[i + 1 : i + 4] if x.strip().startswith("Origin:")), "")
+            return _first_line(f"{line} {origin}", 1200)
+    return _first_line(" | ".join(lines[-5:]), 1200)
+
+
 def failure_message(res: dict[str, Any]) -> str:
     """The useful part of a failed task result: its msg, plus stderr/stdout tails for commands."""
     if res.get("results"):  # a loop: report the first item that failed
@@ -177,7 +187,7 @@ def run_experiment(
     private.mkdir(parents=True, exist_ok=True)
     printer = ProgressPrinter(out=out, verbose=verbose)
     cmdline = "--check --diff" if check else None
-    env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0", **(envvars or {})}
+    env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", **(envvars or {})}
     # The ansible-playbook of this interpreter's environment, also when the venv is not activated.
     bindir = Path(sys.executable).parent
     env.setdefault("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -199,9 +209,8 @@ def run_experiment(
         quiet=True,
     )
     wall = time.monotonic() - started
-    if runner.rc != 0 and not printer.failures:  # e.g. a syntax error: no task event, but stdout says why
-        tail = [line for line in runner.stdout.read().splitlines() if line.strip()][-5:]
-        printer.failures.append(Failure("controller", "ansible-playbook", _first_line(" | ".join(tail), 1200)))
+    if runner.rc != 0 and not printer.failures:  # e.g. a YAML error: no failed-task event, stdout says why
+        printer.failures.append(Failure("controller", "ansible-playbook", playbook_error(runner.stdout.read())))
     return ExperimentResult(status=runner.status, rc=runner.rc, run_id=run_id, results_dir=results_root / run_id,
                             wall_time_s=wall, failures=printer.failures, timings=printer.timings,
                             stats=runner.stats or {})

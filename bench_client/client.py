@@ -1,0 +1,233 @@
+"""The benchmark client: the original ``run_opt_requests.py`` command line and TSV, plus metadata.
+
+    python -m bench_client --initial_peers $INITIAL_PEER --prefix facebook/opt-30b \
+        -b 1 --num-micro-batches 2 --num-processes 6 --output out_30b.tsv
+
+Per configuration: every process warms up (one 1-token generate), all start together, each runs
+``--num-micro-batches`` greedy generate() calls of ``max_tokens`` new tokens. The TSV row is the
+original's; the JSON line beside it (out_30b.jsonl) holds the correctly named metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench_client import environment
+from bench_client.metrics import GenerateTiming, summarize
+from bench_client.models import UnknownModelError, get_model
+from bench_client.peers import PeerError, resolve_initial_peers
+from bench_client.processes import fail
+from bench_client.results import ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
+from bench_client.server import DEFAULT_MODELS_DIR
+from bench_client.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining
+from bench_client.swarm import EXIT_MISSING_BLOCKS, EXIT_UNREACHABLE, SwarmView, connect, format_ranges, inspect
+from bench_client.workers import Task, WorkerError, WorkerPool, WorkerSpec
+
+EXIT_MEASUREMENT_FAILED = 5
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench_client", description=__doc__.split("\n")[0])
+    # the original flags, unchanged
+    p.add_argument("--initial_peers", "--initial-peers", nargs="*", help="DHT multiaddrs (or @FILE from bench_client.dht)")
+    p.add_argument("--prefix", default="facebook/opt-175b", help="model name, as in the original (e.g. facebook/opt-30b)")
+    p.add_argument("--batch-size", "-b", default=1, type=positive_int, help="sequences per generate() call")
+    p.add_argument("--num-micro-batches", default=1, type=positive_int, help="sequential generate() calls per process")
+    p.add_argument("--num-processes", default=1, type=positive_int, help="parallel client processes")
+    p.add_argument("--output", required=True, help="TSV file; rows are appended, a rerun resumes")
+    # beyond the original
+    p.add_argument("--prompt-lengths", nargs="+", type=positive_int, default=list(ORIGINAL_PROMPT_LENGTHS),
+                   help="prompt lengths measured with --new-tokens (original: 256 512 1024)")
+    p.add_argument("--new-tokens", type=non_negative_int, default=ORIGINAL_NEW_TOKENS, help="original: 32")
+    p.add_argument("--token-sweep", default="auto",
+                   help="new-token sweep at --token-sweep-prompt-length: auto (original: 0:33 for opt-30b only), "
+                        "none, or START:STOP")
+    p.add_argument("--token-sweep-prompt-length", type=positive_int, default=512)
+    p.add_argument("--num-gpus", type=positive_int, default=None,
+                   help="GPUs in the swarm for per-GPU throughput (default: read from the DHT)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where client processes run")
+    p.add_argument("--client-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--metadata", default=None, help="JSON lines beside the TSV (default: OUTPUT with .jsonl)")
+    p.add_argument("--network-profile", default=None, help="name of the network profile in effect (recorded)")
+    p.add_argument("--extra-metadata", default=None, help="JSON file merged into every metadata line")
+    p.add_argument("--run-id", default=None)
+    p.add_argument("--connect-timeout", type=float, default=30.0)
+    p.add_argument("--config-timeout", type=float, default=1800.0, help="give up on one configuration after this")
+    p.add_argument("--request-timeout", type=float, default=180.0, help="petals client request timeout")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def resolve_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda asked, but torch sees no CUDA GPU on this host")
+    return choice
+
+
+def load_extra_metadata(path: str | None) -> dict:
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        fail(f"--extra-metadata {path}: {exc}")
+    if not isinstance(data, dict):
+        fail(f"--extra-metadata {path} must hold a JSON object")
+    return data
+
+
+def check_swarm(view: SwarmView) -> None:
+    if not view.servers:
+        fail(f"no server in the swarm announces any block with prefix {view.dht_prefix!r} ({view.model}); "
+             "check --prefix against the model the servers were started with", EXIT_MISSING_BLOCKS)
+    if view.missing_blocks:
+        fail(f"the swarm is missing blocks {format_ranges(view.missing_blocks)} of {view.model} "
+             f"({len(view.online_servers)} online servers); wait for them (python -m bench_client.swarm wait) "
+             "or start servers that hold them", EXIT_MISSING_BLOCKS)
+
+
+def count_gpus(view: SwarmView, flag: int | None) -> tuple[int, str]:
+    if flag:
+        return flag, "flag"
+    if view.gpus:
+        return len(view.gpus), "dht-gpus"
+    return len(view.online_servers), "dht-servers"
+
+
+def describe_servers(view: SwarmView) -> dict:
+    dtypes = sorted({s.torch_dtype for s in view.online_servers if s.torch_dtype})
+    quants = sorted({s.quant_type for s in view.online_servers if s.quant_type})
+    weight = quants[0] if quants and quants != ["none"] else (dtypes[0] if len(dtypes) == 1 else ",".join(dtypes))
+    return {"num_servers": len(view.online_servers), "server_gpus": view.gpus, "weight_dtype": weight,
+            "server_torch_dtypes": dtypes, "server_quant_types": quants}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        spec = get_model(args.prefix)
+        peers = resolve_initial_peers(args.initial_peers)
+        token_sweep = parse_token_sweep(args.token_sweep, spec.name)
+        points = build_sweep(args.prompt_lengths, args.new_tokens, token_sweep, args.token_sweep_prompt_length)
+        writer = ResultsWriter(args.output, args.metadata)
+        done = writer.done(args.batch_size, args.num_micro_batches, args.num_processes)
+    except (UnknownModelError, PeerError, ValueError) as exc:  # ResultsFileError is a ValueError
+        fail(str(exc))
+    if Path(args.output).is_dir():
+        fail(f"--output {args.output} is a directory; give a file name such as out_30b.tsv")
+    extra = load_extra_metadata(args.extra_metadata)
+    todo = remaining(points, done)
+    if not todo:
+        print(f"all {len(points)} configurations already in {args.output}; nothing to do", file=sys.stderr)
+        return 0
+    device = resolve_device(args.device)
+
+    try:
+        dht = connect(peers, args.connect_timeout)
+    except PeerError as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    try:
+        view = inspect(dht, spec)
+    finally:
+        dht.shutdown()
+    check_swarm(view)
+    num_gpus, gpus_source = count_gpus(view, args.num_gpus)
+    writer.prepare()
+
+    run_id = args.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    common = {
+        "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
+        "batch_size": args.batch_size, "num_micro_batches": args.num_micro_batches,
+        "num_processes": args.num_processes, "num_gpus": num_gpus, "num_gpus_source": gpus_source,
+        **describe_servers(view),
+        "client_host": environment.hostname(), "client_device": device,
+        "client_gpu": environment.client_gpu(device), "client_dtype": args.client_dtype,
+        "versions": environment.package_versions(), "network_profile": args.network_profile, "network": None,
+        **extra,
+    }
+    model_dir = DEFAULT_MODELS_DIR / f"client--{spec.dht_prefix.replace('/', '--')}"
+    from bench_client.models import write_model_dir
+
+    worker_spec = WorkerSpec(model_dir=str(write_model_dir(spec, model_dir)), dht_prefix=spec.dht_prefix,
+                             initial_peers=tuple(peers), vocab=spec.vocab, device=device, dtype=args.client_dtype,
+                             seed=args.seed, request_timeout=args.request_timeout)
+    print(f"{spec.name}: {len(todo)} of {len(points)} configurations to measure "
+          f"({len(points) - len(todo)} already in {args.output}); {len(view.online_servers)} servers, "
+          f"{num_gpus} GPU(s) [{gpus_source}]; metadata -> {writer.metadata}", file=sys.stderr, flush=True)
+
+    pool = None
+    sweep_start = time.monotonic()
+    try:
+        pool = WorkerPool(worker_spec, args.num_processes, load_timeout=args.config_timeout)
+        for step, (index, point) in enumerate(todo, start=1):
+            task = Task(args.batch_size, args.num_micro_batches, point.prompt_length, point.new_tokens)
+            started_at = now_iso()
+            try:
+                per_process = pool.run(task, args.config_timeout)
+            except WorkerError as exc:
+                writer.append_metadata({**common, "prompt_length": point.prompt_length, "new_tokens": point.new_tokens,
+                                        "sweep_index": index, "started_at": started_at, "finished_at": now_iso(),
+                                        "status": "failed", "error": str(exc)})
+                print(f"error: configuration prompt={point.prompt_length} new_tokens={point.new_tokens} failed; "
+                      f"rows measured so far are kept in {args.output} and a rerun resumes here.\n{exc}",
+                      file=sys.stderr)
+                return EXIT_MEASUREMENT_FAILED
+            timings: list[GenerateTiming] = [t for ts, _ in per_process for t in ts]
+            produced = sorted({n for _, ns in per_process for n in ns})
+            # the time during which requests were in flight: first start to last finish, over all processes
+            wall = max(t.end for t in timings) - min(t.start for t in timings)
+            m = summarize(timings, batch_size=args.batch_size, num_micro_batches=args.num_micro_batches,
+                          num_processes=args.num_processes, new_tokens=point.new_tokens, wall_time_s=wall,
+                          num_gpus=num_gpus)
+            row = TsvRow(args.batch_size, args.num_micro_batches, args.num_processes, point.prompt_length,
+                         point.new_tokens, m.total_throughput, m.mean_generate_latency_s)
+            writer.append(row, {
+                **common, "prompt_length": point.prompt_length, "new_tokens": point.new_tokens, "sweep_index": index,
+                "total_tokens": m.total_tokens, "wall_time_s": m.wall_time_s, "total_throughput": m.total_throughput,
+                "per_gpu_throughput": m.per_gpu_throughput, "mean_generate_latency_s": m.mean_generate_latency_s,
+                "prefill_time_s": m.prefill_time_s, "decode_time_s": m.decode_time_s,
+                "per_token_latency_s": m.per_token_latency_s, "tokens_generated_per_call": produced,
+                "started_at": started_at, "finished_at": now_iso(), "status": "ok", "error": None,
+            })
+            elapsed = time.monotonic() - sweep_start
+            eta = elapsed / step * (len(todo) - step)
+            per_gpu = f"{m.per_gpu_throughput:.3g}" if m.per_gpu_throughput is not None else "?"
+            print(f"[{step}/{len(todo)}] prompt {point.prompt_length:>5}, {point.new_tokens:>3} new tokens: "
+                  f"{m.total_throughput:.3g} tok/s swarm, {per_gpu} tok/s/GPU, generate() "
+                  f"{m.mean_generate_latency_s:.3g} s, prefill {m.prefill_time_s:.3g} s"
+                  f"  (elapsed {elapsed:.0f} s, ETA {eta:.0f} s)", file=sys.stderr, flush=True)
+    except WorkerError as exc:
+        fail(f"client processes could not start: {exc}", EXIT_MEASUREMENT_FAILED)
+    finally:
+        if pool is not None:
+            pool.close()
+    print(f"wrote {args.output} and {writer.metadata}", file=sys.stderr)
+    return 0

@@ -1,0 +1,243 @@
+"""An emulated multi-host cluster on one machine (root): every host a network namespace with its
+own address and its own sshd, all on a bridge inside a controller namespace the lab owns.
+
+    python -m bench_client.netns_lab up --dir /tmp/netbench-lab --hosts 3     # writes DIR/hosts.yml
+    ip netns exec nbl-ctl petals-netbench -i /tmp/netbench-lab/hosts.yml -p none,rate20 ...
+    python -m bench_client.netns_lab down --dir /tmp/netbench-lab
+
+Ansible runs inside the controller namespace (``nbl-ctl``) and reaches the hosts over real ssh; no
+traffic leaves the namespaces the lab made. The first host plays the DHT and the client, the others
+are servers (inventory/emulated/hosts.yml documents the layout). ``down`` stops every sshd by its
+process group and deletes the namespaces (which removes their veths, qdiscs and sockets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFIX = os.environ.get("NETBENCH_LAB_PREFIX", "nbl")
+SUBNET = os.environ.get("NETBENCH_LAB_SUBNET", "10.213.0")  # /24 inside the lab's own namespaces only
+CONTROLLER_ADDRESS = f"{SUBNET}.1"
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    netns: str
+    address: str
+
+
+def _run(*argv: str, check: bool = True, netns: str | None = None) -> subprocess.CompletedProcess:
+    if netns:
+        argv = ("ip", "netns", "exec", netns, *argv)
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+def lab_hosts(count: int, prefix: str = PREFIX) -> list[LabHost]:
+    return [LabHost(f"h{i}", f"{prefix}-h{i}", f"{SUBNET}.{10 + i}") for i in range(1, count + 1)]
+
+
+def controller_netns(prefix: str = PREFIX) -> str:
+    return f"{prefix}-ctl"
+
+
+SSHD_CONFIG = """\
+ListenAddress {address}
+Port 22
+HostKey {dir}/ssh_host_ed25519_key
+PidFile {dir}/sshd-{name}.pid
+AuthorizedKeysFile {dir}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+MaxStartups 50
+"""
+
+
+def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_per_host: int = 1) -> Path:
+    """hosts.yml for the lab: h1 runs the DHT and the client, the rest are shaped servers."""
+    ctl = lab_dir / "cp"
+    ctl.mkdir(exist_ok=True)
+    ssh_args = (f"-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o ControlMaster=auto "
+                f"-o ControlPersist=30s -o ControlPath={ctl}/%C -o ServerAliveInterval=5 -o ServerAliveCountMax=3")
+    host_vars = {h.name: {"ansible_host": h.address, "netbench_address": h.address} for h in hosts}
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(lab_dir / "id_ed25519"),
+                "ansible_ssh_common_args": ssh_args,
+                "ansible_python_interpreter": python,
+                "netbench_python": python,
+                "netbench_workdir": str(lab_dir / "work" / "{{ inventory_hostname }}"),
+                "netbench_device": "cpu",
+                "netbench_runtime": "process",
+                "netbench_shaping": True,
+                "netbench_servers_per_host": servers_per_host,
+                "netem_interface": "eth0",
+                # namespaces share the machine's /run: keep each host's netem state apart
+                "netem_state_dir": str(lab_dir / "netem" / "{{ inventory_hostname }}"),
+            },
+            "hosts": host_vars,
+            "children": {
+                "dht": {"hosts": {hosts[0].name: None}},
+                "clients": {"hosts": {hosts[0].name: None}},
+                "servers": {"hosts": {h.name: None for h in hosts[1:]}},
+            },
+        }
+    }
+    path = lab_dir / "hosts.yml"
+    path.write_text("# written by python -m bench_client.netns_lab up\n" + json.dumps(inventory, indent=2) + "\n")
+    return path
+
+
+def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_host: int = 1,
+       prefix: str = PREFIX) -> Path:
+    """Create the namespaces, the bridge, one sshd per host; return the inventory path."""
+    if count < 2:
+        raise ValueError("the lab needs at least 2 hosts (one DHT/client, one server)")
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    state = {"prefix": prefix, "hosts": [], "created_run_sshd": False}
+    (lab_dir / "lab.json").write_text(json.dumps(state))
+    if not (lab_dir / "id_ed25519").exists():
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "id_ed25519"))
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "ssh_host_ed25519_key"))
+    (lab_dir / "authorized_keys").write_text((lab_dir / "id_ed25519.pub").read_text())
+    if not Path("/run/sshd").exists():  # sshd's privilege separation directory
+        Path("/run/sshd").mkdir(mode=0o755)
+        state["created_run_sshd"] = True
+    ctl = controller_netns(prefix)
+    _run("ip", "netns", "add", ctl)
+    state["controller"] = ctl
+    (lab_dir / "lab.json").write_text(json.dumps(state))
+    _run("ip", "link", "set", "lo", "up", netns=ctl)
+    _run("ip", "link", "add", "br0", "type", "bridge", netns=ctl)
+    _run("ip", "addr", "add", f"{CONTROLLER_ADDRESS}/24", "dev", "br0", netns=ctl)
+    _run("ip", "link", "set", "br0", "up", netns=ctl)
+    for host in lab_hosts(count, prefix):
+        _run("ip", "netns", "add", host.netns)
+        state["hosts"].append({"name": host.name, "netns": host.netns, "address": host.address})
+        (lab_dir / "lab.json").write_text(json.dumps(state))
+        peer = f"v{host.name}"
+        # create the pair inside the controller namespace, then move one end into the host
+        _run("ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", host.netns, netns=ctl)
+        _run("ip", "link", "set", peer, "master", "br0", netns=ctl)
+        _run("ip", "link", "set", peer, "up", netns=ctl)
+        _run("ip", "link", "set", "lo", "up", netns=host.netns)
+        _run("ip", "addr", "add", f"{host.address}/24", "dev", "eth0", netns=host.netns)
+        _run("ip", "link", "set", "eth0", "up", netns=host.netns)
+        config = lab_dir / f"sshd-{host.name}.conf"
+        config.write_text(SSHD_CONFIG.format(address=host.address, dir=lab_dir, name=host.name))
+        log = open(lab_dir / f"sshd-{host.name}.log", "ab")
+        proc = subprocess.Popen(["ip", "netns", "exec", host.netns, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        state["hosts"][-1]["sshd_pgid"] = proc.pid
+        (lab_dir / "lab.json").write_text(json.dumps(state))
+    inventory = write_inventory(lab_dir, lab_hosts(count, prefix), python, servers_per_host)
+    wait_for_ssh(lab_dir, lab_hosts(count, prefix), ctl)
+    return inventory
+
+
+def wait_for_ssh(lab_dir: Path, hosts: list[LabHost], ctl: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for host in hosts:
+        while True:
+            probe = _run("ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                         "-o", "ConnectTimeout=3", "-i", str(lab_dir / "id_ed25519"), f"root@{host.address}", "true",
+                         check=False, netns=ctl)
+            if probe.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                log = (lab_dir / f"sshd-{host.name}.log").read_text(errors="replace")[-800:]
+                raise RuntimeError(f"sshd on {host.name} ({host.address}) not reachable: {probe.stderr.strip()}\n{log}")
+            time.sleep(0.3)
+
+
+def namespace_pids(netns: str) -> list[int]:
+    out = _run("ip", "netns", "pids", netns, check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def _stop_group(pgid: int, timeout: float = 10.0) -> None:
+    from bench_client.daemon import group_members
+
+    sig = signal.SIGTERM
+    deadline = time.monotonic() + timeout
+    while group_members(pgid):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+        time.sleep(0.1)
+
+
+def down(lab_dir: Path) -> None:
+    """Undo ``up``: close ssh masters, stop sshds by process group, delete the namespaces."""
+    try:
+        state = json.loads((lab_dir / "lab.json").read_text())
+    except (OSError, ValueError):
+        return
+    ctl = state.get("controller")
+    for sock in (lab_dir / "cp").glob("*") if (lab_dir / "cp").exists() else []:
+        _run("ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab", check=False)
+    for host in state.get("hosts", []):
+        if host.get("sshd_pgid"):
+            _stop_group(int(host["sshd_pgid"]))
+        # anything still running inside the lab's namespaces was started by the lab or its tests
+        for pid in namespace_pids(host["netns"]):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _run("ip", "netns", "delete", host["netns"], check=False)
+    if ctl:
+        _run("ip", "netns", "delete", ctl, check=False)
+    if state.get("created_run_sshd"):
+        try:
+            Path("/run/sshd").rmdir()
+        except OSError:
+            pass
+    (lab_dir / "lab.json").unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench_client.netns_lab", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--dir", type=Path, required=True, help="lab state: keys, sshd configs, hosts.yml")
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--servers-per-host", type=int, default=1)
+    parser.add_argument("--python", default=sys.executable, help="Python with bench_client, used on every host")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("error: the lab needs root (network namespaces, sshd)", file=sys.stderr)
+        return 2
+    if args.action == "up":
+        try:
+            print(up(args.dir, args.hosts, args.python, args.servers_per_host))
+        except (RuntimeError, ValueError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", "") or ""
+            print(f"error: {exc} {detail}".strip(), file=sys.stderr)
+            down(args.dir)
+            return 2
+    else:
+        down(args.dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

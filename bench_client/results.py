@@ -1,0 +1,139 @@
+"""Result files: the original 7-column TSV (byte-for-byte format) and one JSON line of metadata per row.
+
+Rows are appended as each configuration finishes, in single writes followed by fsync, so a crash
+loses at most the configuration that was running; a rerun reads the TSV back and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench_client.sweep import SweepPoint
+
+TSV_COLUMNS = ("batch_size", "num_micro_batches", "num_processes", "prompt_length", "new_tokens",
+               "total_throughput", "mean_generate_latency_s")
+SCHEMA_VERSION = 1
+
+
+class ResultsFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TsvRow:
+    batch_size: int
+    num_micro_batches: int
+    num_processes: int
+    prompt_length: int
+    new_tokens: int
+    total_throughput: float
+    mean_generate_latency_s: float
+
+    def format(self) -> str:
+        # exactly the original: "\t".join(map(str, [...])) printed with a newline
+        return "\t".join(map(str, (self.batch_size, self.num_micro_batches, self.num_processes, self.prompt_length,
+                                   self.new_tokens, self.total_throughput, self.mean_generate_latency_s))) + "\n"
+
+    @property
+    def point(self) -> SweepPoint:
+        return SweepPoint(self.prompt_length, self.new_tokens)
+
+
+def metadata_path_for(tsv: str | Path) -> Path:
+    tsv = Path(tsv)
+    candidate = tsv.with_suffix(".jsonl")
+    return candidate if candidate != tsv else tsv.with_name(tsv.name + ".meta.jsonl")
+
+
+def parse_tsv_line(line: str, where: str) -> TsvRow:
+    fields = line.rstrip("\n").split("\t")
+    if len(fields) != len(TSV_COLUMNS):
+        raise ResultsFileError(f"{where}: expected {len(TSV_COLUMNS)} tab-separated columns, found {len(fields)}")
+    try:
+        ints = [int(f) for f in fields[:5]]
+        floats = [float(f) for f in fields[5:]]
+    except ValueError:
+        raise ResultsFileError(f"{where}: non-numeric field in {line.strip()!r}") from None
+    return TsvRow(*ints, *floats)
+
+
+def read_tsv(path: str | Path) -> list[TsvRow]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(keepends=True), start=1):
+        if not line.strip():
+            continue
+        if not line.endswith("\n"):
+            continue  # a torn last line (crash mid-write); repair_tail() drops it before appending
+        rows.append(parse_tsv_line(line, f"{path}:{number}"))
+    return rows
+
+
+def repair_tail(path: Path) -> None:
+    """Drop a last line without its newline, left by a crash in the middle of a write."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+
+
+def append_line(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ResultsWriter:
+    """Appends TSV rows and their metadata for one (batch, micro-batches, processes) setting."""
+
+    def __init__(self, tsv: str | Path, metadata: str | Path | None = None):
+        self.tsv = Path(tsv)
+        self.metadata = Path(metadata) if metadata else metadata_path_for(self.tsv)
+
+    def done(self, batch_size: int, num_micro_batches: int, num_processes: int) -> Counter:
+        """How many times each sweep point was already measured with this batch setting."""
+        counts: Counter = Counter()
+        for row in read_tsv(self.tsv):
+            if (row.batch_size, row.num_micro_batches, row.num_processes) == (batch_size, num_micro_batches,
+                                                                               num_processes):
+                counts[row.point] += 1
+        return counts
+
+    def prepare(self) -> None:
+        for path in (self.tsv, self.metadata):
+            repair_tail(path)
+
+    def append(self, row: TsvRow, metadata: dict) -> None:
+        append_line(self.tsv, row.format())
+        self.append_metadata(metadata)
+
+    def append_metadata(self, metadata: dict) -> None:
+        append_line(self.metadata, json.dumps({"schema": SCHEMA_VERSION, **metadata}, sort_keys=True) + "\n")
+
+
+def read_metadata(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ResultsFileError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    return records

@@ -1,0 +1,172 @@
+"""A Petals server for one block span of an OPT-sized model: petals' own ``run_server`` CLI with
+dummy weights built directly on the target device (as the paper's fork served OPT sizes).
+
+    python -m bench_client.server --model facebook/opt-30b --block-indices 0:12 \
+        --initial-peers /ip4/10.0.0.1/tcp/31337/p2p/Qm... --dtype float16 --device cuda:0 [-- EXTRA]
+
+Anything after ``--`` is passed to petals' run_server unchanged. Refuses to start without explicit
+initial peers; fixes ``--throughput`` so no internet speed test runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+from bench_client import compat
+from bench_client.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, ModelSpec, get_model, parse_block_span, write_model_dir
+from bench_client.peers import PeerError, resolve_initial_peers
+from bench_client.processes import exit_on_sigterm, fail
+
+DEFAULT_MODELS_DIR = Path(os.environ.get("NETBENCH_MODELS_DIR", Path.home() / ".cache" / "petals-netbench" / "models"))
+PUBLIC_NAME_PREFIX = "netbench"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench_client.server", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="e.g. facebook/opt-30b (see bench_client.models)")
+    p.add_argument("--initial-peers", nargs="+", required=True, help="DHT multiaddrs, or @FILE written by bench_client.dht")
+    p.add_argument("--block-indices", required=True, help="START:END, the blocks this server holds")
+    p.add_argument("--dtype", default="float16", choices=sorted(WEIGHT_DTYPES), help="weight format")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--weights", default="dummy", choices=["dummy", "pretrained"],
+                   help="dummy: random blocks with the model's dimensions; pretrained: load --model-dir")
+    p.add_argument("--model-dir", default=None, help="config folder (dummy) or saved model (pretrained)")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--host-maddrs", nargs="+", default=None)
+    p.add_argument("--announce-maddrs", nargs="+", default=None)
+    p.add_argument("--identity-path", default=None)
+    p.add_argument("--attn-cache-tokens", type=int, default=None, help="size it from the workload (see sweep)")
+    p.add_argument("--num-handlers", type=int, default=None)
+    p.add_argument("--throughput", type=float, default=100.0, help="announced RPS; fixed so no speed test runs")
+    p.add_argument("--inference-max-length", type=int, default=None)
+    p.add_argument("--public-name", default=None, help="default: netbench|<host>|<gpu>, read back by the client")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dummy weights")
+    return p
+
+
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
+def default_public_name(device: str) -> str:
+    # '|' separated so the client can count GPUs per host from the DHT (petals shows it on its monitor page)
+    return f"{PUBLIC_NAME_PREFIX}|{socket.gethostname()}|{device}|{device_name(device)}"
+
+
+def resolve_device(requested: str | None) -> str:
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {requested} asked, but this host has no usable CUDA GPU (torch.cuda.is_available() is False)")
+    return requested
+
+
+def prepare_model_dir(spec: ModelSpec, args: argparse.Namespace) -> Path:
+    if args.weights == "pretrained":
+        if not args.model_dir or not (Path(args.model_dir) / "config.json").exists():
+            fail("--weights pretrained needs --model-dir pointing to a saved model (config.json + weights)")
+        return Path(args.model_dir)
+    directory = Path(args.model_dir) if args.model_dir else DEFAULT_MODELS_DIR / spec.dht_prefix.replace("/", "--")
+    return write_model_dir(spec, directory)
+
+
+def petals_argv(spec: ModelSpec, model_dir: Path, peers: list[str], args: argparse.Namespace, device: str,
+                extra: list[str]) -> list[str]:
+    torch_dtype, quant_type, _ = WEIGHT_DTYPES[args.dtype]
+    argv = [
+        "run_server", str(model_dir),
+        "--dht_prefix", spec.dht_prefix,
+        "--initial_peers", *peers,
+        "--block_indices", args.block_indices,
+        "--torch_dtype", torch_dtype,
+        "--quant_type", quant_type,
+        "--device", device,
+        "--throughput", repr(args.throughput),
+        "--public_name", args.public_name or default_public_name(device),
+    ]
+    optional = {
+        "--port": args.port, "--identity_path": args.identity_path, "--attn_cache_tokens": args.attn_cache_tokens,
+        "--num_handlers": args.num_handlers, "--inference_max_length": args.inference_max_length,
+    }
+    for flag, value in optional.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.host_maddrs:
+        argv += ["--host_maddrs", *args.host_maddrs]
+    if args.announce_maddrs:
+        argv += ["--announce_maddrs", *args.announce_maddrs]
+    return argv + extra
+
+
+def install_dummy_weights(device: str, seed: int) -> None:
+    """Make petals build each block with random weights on ``device`` instead of loading a checkpoint."""
+    import torch
+    from accelerate import init_empty_weights
+    import petals.server.server as petals_server
+    from petals.server.block_utils import resolve_block_dtype
+
+    def load_dummy_block(model_name, block_index, *, config, torch_dtype="auto", **_ignored):
+        dtype = resolve_block_dtype(config, torch_dtype)
+        with init_empty_weights():
+            block = config.block_class(config)
+        # Allocate directly in the target dtype on the target device: building 30B/175B-sized
+        # blocks in float32 on the CPU first would take minutes.
+        block = block.to(dtype).to_empty(device=device)
+        generator = torch.Generator(device=device).manual_seed(seed * 100003 + block_index)
+        with torch.no_grad():
+            for name, param in block.named_parameters():
+                if name.endswith("bias"):
+                    param.zero_()
+                elif "layernorm" in name:
+                    param.fill_(1.0)
+                else:
+                    param.normal_(0.0, config.initializer_range, generator=generator)
+        return block
+
+    petals_server.load_pretrained_block = load_dummy_block
+
+
+def main(argv: list[str] | None = None) -> None:
+    own_argv, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(own_argv)
+    try:
+        spec = get_model(args.model)
+        parse_block_span(args.block_indices, spec.layers)
+        peers = resolve_initial_peers(args.initial_peers)
+    except (ValueError, PeerError) as exc:
+        fail(str(exc))
+    device = resolve_device(args.device)
+    if args.dtype in CUDA_ONLY_DTYPES and not device.startswith("cuda"):
+        fail(f"--dtype {args.dtype} needs bitsandbytes on a CUDA GPU; on {device} use float32, float16 or bfloat16")
+    model_dir = prepare_model_dir(spec, args)
+
+    compat.apply()
+    import petals.cli.run_server as run_server
+
+    if args.weights == "dummy":
+        # int8/nf4 quantisation in petals expects CPU blocks as input; everything else is built in place
+        install_dummy_weights("cpu" if args.dtype in CUDA_ONLY_DTYPES else device, args.seed)
+    exit_on_sigterm()
+    sys.argv = petals_argv(spec, model_dir, peers, args, device, extra)
+    run_server.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Who serves which blocks of a model in a private swarm.
+
+    python -m bench_client.swarm wait --initial-peers @dht.maddrs --model facebook/opt-30b --timeout 600
+    python -m bench_client.swarm info --initial-peers @dht.maddrs --model facebook/opt-30b
+
+``wait`` exits 0 once every block is served by an online server, and 3 on timeout with the missing
+block ranges named. ``info`` prints the servers and coverage as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from bench_client import compat
+from bench_client.models import ModelSpec, get_model
+from bench_client.peers import PeerError, resolve_initial_peers
+from bench_client.processes import fail
+
+EXIT_MISSING_BLOCKS = 3
+EXIT_UNREACHABLE = 4
+
+
+@dataclass
+class ServerView:
+    peer_id: str
+    start_block: int | None
+    end_block: int | None
+    state: str
+    public_name: str | None
+    torch_dtype: str | None
+    quant_type: str | None
+    cache_tokens_left: int | None
+
+    @property
+    def host(self) -> str | None:
+        parts = (self.public_name or "").split("|")
+        return parts[1] if len(parts) >= 4 and parts[0] == "netbench" else None
+
+    @property
+    def gpu(self) -> str | None:
+        """'host/device: name' for servers started by bench_client.server, None for others."""
+        parts = (self.public_name or "").split("|")
+        if len(parts) >= 4 and parts[0] == "netbench":
+            return f"{parts[1]}/{parts[2]}: {parts[3]}"
+        return None
+
+
+@dataclass
+class SwarmView:
+    model: str
+    dht_prefix: str
+    num_blocks: int
+    servers: list[ServerView] = field(default_factory=list)
+    served_blocks: list[int] = field(default_factory=list)
+
+    @property
+    def missing_blocks(self) -> list[int]:
+        served = set(self.served_blocks)
+        return [i for i in range(self.num_blocks) if i not in served]
+
+    @property
+    def online_servers(self) -> list[ServerView]:
+        return [s for s in self.servers if s.state == "ONLINE"]
+
+    @property
+    def gpus(self) -> list[str]:
+        """Distinct GPUs of online servers; several servers may share one GPU (emulated swarms)."""
+        gpus = {s.gpu for s in self.online_servers if s.gpu and not s.gpu.endswith(": cpu")}
+        return sorted(gpus)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.update(missing_blocks=self.missing_blocks, missing=format_ranges(self.missing_blocks),
+                    num_online_servers=len(self.online_servers), gpus=self.gpus)
+        return data
+
+
+def format_ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0:3, 5:6' (petals' START:END notation)."""
+    ranges: list[str] = []
+    for i in sorted(indices):
+        if ranges and int(ranges[-1].split(":")[1]) == i:
+            ranges[-1] = f"{ranges[-1].split(':')[0]}:{i + 1}"
+        else:
+            ranges.append(f"{i}:{i + 1}")
+    return ", ".join(ranges)
+
+
+def connect(initial_peers: list[str], timeout: float = 30.0):
+    """A client-mode DHT node on the private swarm; a clear error if no initial peer answers."""
+    compat.apply()
+    from hivemind import DHT
+
+    try:
+        return DHT(initial_peers=initial_peers, client_mode=True, start=True, startup_timeout=timeout,
+                   await_ready=True)
+    except Exception as exc:  # hivemind raises several types for "nobody answered"
+        raise PeerError(f"cannot reach any initial peer {initial_peers} ({type(exc).__name__}: {exc}); "
+                        "is the DHT running and its port open?") from None
+
+
+def inspect(dht, spec: ModelSpec) -> SwarmView:
+    from petals.data_structures import UID_DELIMITER, ServerState
+    from petals.utils.dht import get_remote_module_infos
+
+    uids = [f"{spec.dht_prefix}{UID_DELIMITER}{i}" for i in range(spec.layers)]
+    infos = get_remote_module_infos(dht, uids, latest=True)
+    view = SwarmView(model=spec.name, dht_prefix=spec.dht_prefix, num_blocks=spec.layers)
+    seen: dict[str, ServerView] = {}
+    for index, info in enumerate(infos):
+        if info is None:
+            continue
+        online = False
+        for peer_id, server in info.servers.items():
+            key = str(peer_id)
+            if key not in seen:
+                seen[key] = ServerView(
+                    peer_id=key, start_block=server.start_block, end_block=server.end_block,
+                    state=ServerState(server.state).name, public_name=server.public_name,
+                    torch_dtype=server.torch_dtype, quant_type=server.quant_type,
+                    cache_tokens_left=server.cache_tokens_left,
+                )
+            online = online or server.state == ServerState.ONLINE
+        if online:
+            view.served_blocks.append(index)
+    view.servers = sorted(seen.values(), key=lambda s: (s.start_block or 0, s.peer_id))
+    return view
+
+
+def wait_for_blocks(dht, spec: ModelSpec, timeout: float, poll: float = 2.0, progress=None) -> SwarmView:
+    deadline = time.monotonic() + timeout
+    while True:
+        view = inspect(dht, spec)
+        if not view.missing_blocks:
+            return view
+        if progress:
+            progress(view)
+        if time.monotonic() >= deadline:
+            return view
+        time.sleep(poll)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm", description=__doc__.split("\n")[0])
+    p.add_argument("command", choices=["wait", "info"])
+    p.add_argument("--initial-peers", "--initial_peers", nargs="+", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--timeout", type=float, default=300.0, help="wait: give up after this many seconds")
+    p.add_argument("--connect-timeout", type=float, default=30.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        spec = get_model(args.model)
+        peers = resolve_initial_peers(args.initial_peers)
+        dht = connect(peers, args.connect_timeout)
+    except PeerError as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        if args.command == "info":
+            view = inspect(dht, spec)
+        else:
+            def progress(v: SwarmView) -> None:
+                print(f"waiting: {spec.layers - len(v.missing_blocks)}/{spec.layers} blocks of {spec.name} served, "
+                      f"missing {format_ranges(v.missing_blocks)}", file=sys.stderr, flush=True)
+
+            view = wait_for_blocks(dht, spec, args.timeout, progress=progress)
+        print(json.dumps(view.to_json(), indent=2))
+        if args.command == "wait" and view.missing_blocks:
+            fail(f"after {args.timeout:.0f} s, blocks {format_ranges(view.missing_blocks)} of {spec.name} "
+                 f"(prefix {spec.dht_prefix!r}) are served by no online server; start servers for them "
+                 "or check their logs", EXIT_MISSING_BLOCKS)
+    finally:
+        dht.shutdown()
+
+
+if __name__ == "__main__":
+    main()

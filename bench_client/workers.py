@@ -1,0 +1,202 @@
+"""Client worker processes: each holds one full DistributedBloomForCausalLM (random embeddings, no
+download, as in the original) and runs timed greedy generate() calls when told to.
+
+Workers live for the whole sweep (the original started new processes per configuration; loading the
+model once saves minutes on long sweeps and changes nothing that is timed). Per configuration, each
+worker warms up with one 1-token generate(), reports ready, waits on a barrier with all the others
+and the coordinator, then runs its micro-batches back to back.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+import traceback
+from dataclasses import dataclass
+
+from bench_client.metrics import GenerateTiming
+from bench_client.processes import terminate_tree
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    model_dir: str
+    dht_prefix: str
+    initial_peers: tuple[str, ...]
+    vocab: int
+    device: str  # "cpu" or "cuda"
+    dtype: str  # client-side weights (embeddings, LM head)
+    seed: int
+    request_timeout: float
+
+
+@dataclass(frozen=True)
+class Task:
+    batch_size: int
+    num_micro_batches: int
+    prompt_length: int
+    new_tokens: int
+
+
+def _load_model(spec: WorkerSpec, index: int):
+    import torch
+
+    from bench_client import compat
+
+    compat.apply()
+    from petals import DistributedBloomConfig, DistributedBloomForCausalLM
+
+    config = DistributedBloomConfig.from_pretrained(spec.model_dir)
+    config.dht_prefix = spec.dht_prefix
+    config.initial_peers = list(spec.initial_peers)
+    config.request_timeout = spec.request_timeout
+    config.show_route = False
+    torch.manual_seed(spec.seed)
+    model = DistributedBloomForCausalLM(config).to(getattr(torch, spec.dtype))
+    if spec.device == "cuda":
+        torch.cuda.set_device(index % torch.cuda.device_count())  # as the original: spread clients over GPUs
+        model = model.cuda()
+    model.eval()
+    return model
+
+
+def _timed_generate(model, inputs, new_tokens: int) -> tuple[GenerateTiming, int]:
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class StepClock(LogitsProcessor):
+        """Called once per decoding step, right after its forward pass: the first call marks the end of prefill."""
+
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def __call__(self, input_ids, scores):
+            self.stamps.append(time.monotonic())
+            return scores
+
+    clock = StepClock()
+    with torch.inference_mode():
+        start = time.monotonic()
+        # an explicit all-ones mask: transformers would otherwise mask random ids equal to the pad id,
+        # and petals refuses custom attention masks
+        output = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=new_tokens,
+                                do_sample=False, logits_processor=LogitsProcessorList([clock]))
+        if output.is_cuda:
+            torch.cuda.synchronize()
+        end = time.monotonic()
+    first = clock.stamps[0] if clock.stamps and new_tokens > 0 else None
+    produced = output.shape[1] - inputs.shape[1]  # transformers still runs one step for max_new_tokens=0
+    return GenerateTiming(start=start, first_token=first, end=end, new_tokens=new_tokens), produced
+
+
+def worker_main(index: int, spec: WorkerSpec, tasks, results, barrier) -> None:
+    """Process entry point. Ends with os._exit: petals can hang at interpreter exit (see compat)."""
+    code = 0
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        model = _load_model(spec, index)
+        generator = torch.Generator().manual_seed(spec.seed + index)
+        results.put(("loaded", index, None))
+        while True:
+            task: Task | None = tasks.get()
+            if task is None:
+                break
+            inputs = torch.randint(0, spec.vocab, (task.batch_size, task.prompt_length), generator=generator)
+            if spec.device == "cuda":
+                inputs = inputs.cuda()
+            _timed_generate(model, inputs, 1)  # warm-up, as the original
+            results.put(("ready", index, None))
+            barrier.wait()
+            timings, produced = [], []
+            for _ in range(task.num_micro_batches):
+                timing, count = _timed_generate(model, inputs, task.new_tokens)
+                timings.append(timing)
+                produced.append(count)
+            results.put(("done", index, (timings, produced)))
+    except Exception:  # reported to the coordinator, which records the failure
+        code = 1
+        try:
+            results.put(("error", index, traceback.format_exc(limit=8)))
+            time.sleep(0.5)  # let the queue's feeder thread flush
+        except Exception:
+            pass
+    finally:
+        # os._exit skips the cleanup that would stop our DHT process and its p2pd: stop them here
+        terminate_tree(os.getpid(), include_self=False, timeout=3.0)
+        os._exit(code)
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class WorkerPool:
+    """``num_processes`` client processes, started with 'spawn' in the coordinator's process group."""
+
+    def __init__(self, spec: WorkerSpec, num_processes: int, load_timeout: float):
+        import torch.multiprocessing as mp
+
+        self._ctx = mp.get_context("spawn")
+        self.num_processes = num_processes
+        self.results = self._ctx.Queue()
+        self.barrier = self._ctx.Barrier(num_processes + 1)
+        self.task_queues = [self._ctx.Queue() for _ in range(num_processes)]
+        self.processes = [
+            self._ctx.Process(target=worker_main, args=(i, spec, self.task_queues[i], self.results, self.barrier),
+                              name=f"bench-client-{i}")  # not daemonic: each starts a DHT process
+            for i in range(num_processes)
+        ]
+        for process in self.processes:
+            process.start()
+        self._collect("loaded", load_timeout)
+
+    def _collect(self, kind: str, timeout: float) -> dict[int, object]:
+        deadline = time.monotonic() + timeout
+        got: dict[int, object] = {}
+        while len(got) < self.num_processes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkerError(f"timed out after {timeout:.0f} s waiting for client processes ({kind}); "
+                                  f"{len(got)}/{self.num_processes} answered")
+            try:
+                message, index, payload = self.results.get(timeout=min(remaining, 5.0))
+            except queue.Empty:
+                dead = [p.name for p in self.processes if not p.is_alive()]
+                if dead:
+                    raise WorkerError(f"client processes exited unexpectedly: {', '.join(dead)}") from None
+                continue
+            if message == "error":
+                raise WorkerError(f"client process {index} failed:\n{payload}")
+            if message != kind:
+                raise WorkerError(f"protocol error: expected {kind!r} from process {index}, got {message!r}")
+            got[index] = payload
+        return got
+
+    def run(self, task: Task, timeout: float) -> list[tuple[list[GenerateTiming], list[int]]]:
+        for q in self.task_queues:
+            q.put(task)
+        self._collect("ready", timeout)
+        self.barrier.wait(timeout=timeout)  # every process starts its timed calls together
+        done = self._collect("done", timeout)
+        return [done[i] for i in range(self.num_processes)]  # type: ignore[misc]
+
+    def close(self) -> None:
+        try:
+            self.barrier.abort()  # release anyone still waiting
+        except Exception:
+            pass
+        for q in self.task_queues:
+            try:
+                q.put(None)
+            except Exception:
+                pass
+        deadline = time.monotonic() + 10
+        for process in self.processes:
+            process.join(timeout=max(0.1, deadline - time.monotonic()))
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:  # stopped by its PID, never by name
+                terminate_tree(process.pid, timeout=3.0)
+                process.join(timeout=5)
