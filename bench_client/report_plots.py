@@ -87,6 +87,15 @@ def _plot_curve(ax, points: list[tuple[int, float]], label: str, color: str | No
     repeated = [(x, y) for x in xs if len(by_x[x]) > 1 for y in by_x[x]]
     if repeated:
         ax.scatter([x for x, _ in repeated], [y for _, y in repeated], s=12, color=line.get_color(), alpha=0.6)
+        ax.annotate(
+            "small dots: repeated measurements; line: their mean",
+            (0.99, 0.01),
+            xycoords="axes fraction",
+            ha="right",
+            va="bottom",
+            fontsize="x-small",
+            color="dimgrey",
+        )
     return line.get_color()
 
 
