@@ -114,8 +114,13 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
     return files
 
 
+PLOT_GLOB = "tokens_*.png"  # every plot's name (report_plots): older ones that this run did not make are stale
+
+
 def write_outputs(out: Path, files: dict[str, bytes]) -> None:
-    """Write into a sibling temporary directory, then move each file into place (os.replace is atomic)."""
+    """Write into a sibling temporary directory, then move each file into place (os.replace is atomic).
+    Plots of an earlier report in ``out`` that this one does not make are removed (the md links to
+    this run's only); other files there (results, notes) are left alone."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -124,6 +129,9 @@ def write_outputs(out: Path, files: dict[str, bytes]) -> None:
         out.mkdir(exist_ok=True)
         for name in files:
             os.replace(staging / name, out / name)
+        for stale in out.glob(PLOT_GLOB):
+            if stale.name not in files:
+                stale.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -136,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.results) != 1 or not args.results[0].is_dir():
             parser.error("--out is required unless RESULTS is a single directory")
         out = args.results[0] / "report"
+    if out.exists() and not out.is_dir():
+        print(f"report: error: {out}: --out exists and is not a directory", file=sys.stderr)
+        return EXIT_BAD_INPUT
     defaults = Defaults(
         model=args.model,
         num_gpus=args.num_gpus,
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         results = load_results(args.results, defaults, args.metadata)
-    except (ReportInputError, OSError, UnicodeDecodeError) as exc:
+    except (ReportInputError, OSError) as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     for warning in results.warnings:

@@ -445,6 +445,17 @@ def test_command_line_writes_beside_the_results_and_keeps_other_files(results_di
     assert main([str(results_dir)]) == 0
     assert (out / "table17.csv").read_text() == first
     assert (results_dir / "run-1" / "10ms-1gbit" / "out.tsv").is_file()
+    # a plot an earlier report made and this one does not is removed; other files stay
+    (out / "tokens_old.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    assert main([str(results_dir)]) == 0
+    assert not (out / "tokens_old.png").exists() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_out_that_is_a_file_is_bad_input(results_dir: Path, tmp_path: Path, capsys):
+    (tmp_path / "taken").write_text("x")
+    assert run_report(results_dir, "--out", tmp_path / "taken") == 2
+    assert "taken: --out exists and is not a directory" in capsys.readouterr().err
 
 
 def test_out_is_required_for_several_inputs(results_dir: Path, capsys):
