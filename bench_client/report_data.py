@@ -14,20 +14,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench_client.metrics import per_gpu
 from bench_client.models import ModelSpec, UnknownModelError, get_model
 
-# The original client's TSV columns (FlexLLMGen benchmark/petals/run_opt_requests.py), in order.
-TSV_COLUMNS = (
-    "batch_size",
-    "num_micro_batches",
-    "num_processes",
-    "prompt_length",
-    "new_tokens",
-    "total_throughput",  # tokens/s of the whole swarm: NOT divided by the number of GPUs
-    "mean_generate_latency_s",  # mean wall time of one whole generate() call, NOT per token
-)
+# The original client's 7 columns, as our client writes them: column 6 is the whole swarm's
+# tokens/s (NOT per GPU), column 7 the mean wall time of one whole generate() call (NOT per token).
+from bench_client.results import SCHEMA_VERSION, TSV_COLUMNS, metadata_path_for
+
 _INT_COLUMNS = TSV_COLUMNS[:5]
-SUPPORTED_SCHEMA = 1
+SUPPORTED_SCHEMA = SCHEMA_VERSION  # the metadata schema the report reads
 MIXED_GPUS = "mixed: "  # gpu_name prefix of a swarm with several GPU models: no single roofline
 # Relative tolerance for JSONL numbers that must equal the TSV's (str() of a float round-trips; this
 # leaves room for a writer that rounds).
@@ -86,9 +81,7 @@ class ResultRow:
     @property
     def per_gpu_throughput(self) -> float | None:
         """Swarm throughput / number of GPUs; None when the GPU count is unknown or zero (never / 1)."""
-        if self.total_throughput is None or not self.num_gpus:
-            return None
-        return self.total_throughput / self.num_gpus
+        return None if self.total_throughput is None else per_gpu(self.total_throughput, self.num_gpus)
 
     @property
     def single_gpu_model(self) -> str | None:
@@ -393,7 +386,7 @@ def load_results(paths: list[Path], defaults: Defaults, metadata: Path | None = 
             raise ReportInputError(metadata, None, "no such metadata file")
     for tsv in tsvs:
         rows = read_tsv(tsv, results.warnings)
-        jsonl = metadata or tsv.with_suffix(".jsonl")  # the client's default: same name, .jsonl
+        jsonl = metadata or metadata_path_for(tsv)  # the client's default: same name, .jsonl
         if jsonl.is_file():
             ok, failed = pair_with_metadata(tsv, rows, jsonl, defaults, results.warnings)
             results.rows.extend(ok)
