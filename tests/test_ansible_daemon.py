@@ -1,0 +1,78 @@
+"""bench_client.daemon: the process-group start/stop the roles use (real processes, no Ansible)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from bench_client.daemon import Record, group_members, is_running, start, status, stop
+
+
+def test_start_is_idempotent_and_stop_ends_the_whole_group(tmp_path):
+    pidfile, log = tmp_path / "run" / "x.pid", tmp_path / "logs" / "x.log"
+    # a parent that leaves a child behind in its group, like petals servers do
+    argv = ["sh", "-c", "sleep 300 & echo started; wait"]
+    first = start(argv, pidfile, log)
+    try:
+        assert first["changed"] is True
+        record = Record.load(pidfile)
+        assert record is not None and record.pgid == record.pid and is_running(record)
+        time.sleep(0.3)
+        assert len(group_members(record.pgid)) == 2
+        again = start(argv, pidfile, log)
+        assert again["changed"] is False and again["pid"] == first["pid"]
+        assert status(pidfile)["running"] is True
+    finally:
+        stopped = stop(pidfile)
+    assert stopped["changed"] is True
+    assert group_members(record.pgid) == []
+    assert not pidfile.exists()
+    assert stop(pidfile)["changed"] is False
+    assert "started" in log.read_text()
+
+
+def test_changed_command_line_restarts(tmp_path):
+    pidfile, log = tmp_path / "x.pid", tmp_path / "x.log"
+    first = start(["sleep", "300"], pidfile, log)
+    try:
+        second = start(["sleep", "301"], pidfile, log)
+        assert second["changed"] is True and second["pid"] != first["pid"]
+        assert not group_members(first["pgid"])
+    finally:
+        stop(pidfile)
+
+
+def test_ready_file_and_early_exit(tmp_path):
+    pidfile, log, ready = tmp_path / "x.pid", tmp_path / "x.log", tmp_path / "ready"
+    result = start(["sh", "-c", f"sleep 0.3; echo up > {ready}; sleep 300"], pidfile, log, ready_file=ready)
+    try:
+        assert result["changed"] and ready.exists()
+    finally:
+        stop(pidfile)
+    cli = subprocess.run([sys.executable, "-m", "bench_client.daemon", "start", "--pidfile", str(pidfile), "--log",
+                          str(log), "--ready-file", str(ready), "--", "sh", "-c", "echo boom; exit 7"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 2 and "exited with code 7" in cli.stderr and "boom" in cli.stderr
+    assert not pidfile.exists()
+
+
+def test_run_returns_the_exit_code_and_stops_leftovers(tmp_path):
+    marker = f"sleep {300 + os.getpid() % 50}.5"
+    cli = subprocess.run([sys.executable, "-m", "bench_client.daemon", "run", "--pidfile", str(tmp_path / "c.pid"),
+                          "--", "sh", "-c", f"{marker} & echo hi; exit 3"], capture_output=True, text=True)
+    assert cli.returncode == 3 and cli.stdout.strip() == "hi"
+    assert "left behind" in cli.stderr
+    left = subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_stale_pidfile_is_not_running(tmp_path):
+    pidfile = tmp_path / "x.pid"
+    Record(pid=2**22 - 3, pgid=2**22 - 3, start_ticks=1, argv=["gone"], log="-").save(pidfile)
+    assert status(pidfile)["running"] is False
+    out = subprocess.run([sys.executable, "-m", "bench_client.daemon", "stop", "--pidfile", str(pidfile)],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["changed"] is False

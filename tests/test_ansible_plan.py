@@ -1,0 +1,123 @@
+"""Unit tests of the pre-flight plan (bench_client.plan): every refusal, spans and memory sums.
+Pure functions, no Ansible; tests/test_ansible_preflight.py runs the same refusals through Ansible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench_client.models import get_model
+from bench_client.plan import PlanError, make_plan, parse_profiles
+
+GIB_KB = 1024 * 1024
+
+
+def config(**overrides):
+    base = {
+        "model": "netbench/tiny",
+        "profiles": "none",
+        "run_id": "t1",
+        "groups": {"dht": ["a"], "servers": ["a"], "clients": ["a"]},
+        "hosts": {"a": {"servers": 2, "mem_kb": 16 * GIB_KB, "machine_id": "m1"}},
+    }
+    base.update(overrides)
+    return base
+
+
+def refusal(**overrides) -> str:
+    with pytest.raises(PlanError) as info:
+        make_plan(config(**overrides))
+    message = str(info.value)
+    assert "\n" not in message  # one line
+    return message
+
+
+def test_local_plan_covers_every_block():
+    plan = make_plan(config())
+    assert [s["span"] for s in plan["servers"]] == ["0:2", "2:4"]
+    assert plan["dtype"] == "float32" and plan["num_gpus"] == 0
+    assert [p["name"] for p in plan["profiles"]] == ["none"]
+    assert plan["servers_by_host"]["a"][1]["port"] == 31401
+
+
+def test_spans_spread_over_hosts_and_gpus():
+    hosts = {h: {"device": "cuda", "gpus_mib": [81559] * 2, "mem_kb": 64 * GIB_KB} for h in ("g1", "g2")}
+    hosts["c"] = {"mem_kb": 8 * GIB_KB}
+    plan = make_plan(config(model="facebook/opt-30b", groups={"dht": ["c"], "servers": ["g1", "g2"], "clients": ["c"]},
+                            hosts=hosts))
+    assert [(s["host"], s["device"], s["span"]) for s in plan["servers"]] == [
+        ("g1", "cuda:0", "0:12"), ("g1", "cuda:1", "12:24"), ("g2", "cuda:0", "24:36"), ("g2", "cuda:1", "36:48")]
+    assert plan["dtype"] == "float16" and plan["num_gpus"] == 4 and plan["gpus_by_host"]["c"] == 0
+
+
+def test_unknown_model():
+    assert "unknown model 'facebook/opt-9000'" in refusal(model="facebook/opt-9000")
+
+
+@pytest.mark.parametrize("profiles, expected", [
+    ("lan-fast", "unknown profile 'lan-fast'"),
+    ([{"name": "x", "delay": "10 parsecs"}], "delay"),
+    ([{"name": "x", "rate": "fast"}], "rate"),
+    ([{"rate": "20mbit"}], "needs a name"),
+    ("none,none", "listed twice"),
+])
+def test_bad_profiles(profiles, expected):
+    assert expected in refusal(profiles=profiles)
+
+
+def test_profiles_as_string_list_and_dicts():
+    names = [p["name"] for p in parse_profiles('["none", {"name": "r20", "rate": "20mbit"}]')]
+    assert names == ["none", "r20"]
+    assert parse_profiles("paper-10ms-100mbit")[0]["netem"] == "paper-10ms-100mbit"
+
+
+@pytest.mark.parametrize("group", ["dht", "servers", "clients"])
+def test_missing_or_empty_group(group):
+    groups = {"dht": ["a"], "servers": ["a"], "clients": ["a"]}
+    groups[group] = []
+    assert f"inventory group '{group}' is missing or empty" in refusal(groups=groups)
+    del groups[group]
+    assert f"inventory group '{group}'" in refusal(groups=groups)
+
+
+def test_more_spans_than_blocks():
+    message = refusal(hosts={"a": {"servers": 5, "mem_kb": 16 * GIB_KB}})
+    assert "5 servers" in message and "only 4 blocks" in message
+
+
+def test_gpu_runtime_without_gpus():
+    message = refusal(hosts={"a": {"device": "cuda", "gpus_mib": [], "mem_kb": 16 * GIB_KB}})
+    assert "no NVIDIA GPU" in message and "netbench_device=cpu" in message
+
+
+def test_model_too_big_says_both_sizes():
+    message = refusal(model="facebook/opt-175b")
+    need = get_model("facebook/opt-175b").blocks_bytes("float32") / 1e9
+    assert f"needs {need:.1f} GB" in message and "have 17.2 GB" in message
+
+
+def test_namespace_hosts_of_one_machine_count_its_ram_once():
+    hosts = {h: {"mem_kb": 4 * GIB_KB, "machine_id": "same"} for h in ("a", "b", "c")}
+    groups = {"dht": ["a"], "servers": ["b", "c"], "clients": ["a"]}
+    plan = make_plan(config(hosts=hosts, groups=groups))
+    assert plan["memory"]["available_gb"] == pytest.approx(4.29, abs=0.01)
+
+
+def test_cuda_only_dtype_on_cpu():
+    assert "needs CUDA" in refusal(dtype="int8")
+
+
+def test_shaping_profile_on_an_inventory_without_shaping():
+    assert "shaping is off" in refusal(profiles="paper-10ms-100mbit")
+
+
+def test_cli_prints_plan_or_one_line_error():
+    ok = subprocess.run([sys.executable, "-m", "bench_client.plan", "--json", json.dumps(config())],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["num_servers"] == 2
+    bad = subprocess.run([sys.executable, "-m", "bench_client.plan", "--json", json.dumps(config(model="x"))],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown model 'x'") and bad.stderr.count("\n") == 1
