@@ -178,6 +178,14 @@ def _gpu_cell(d: Derived) -> str:
     return f"{count} × {d.row.gpu_name or 'unknown GPU'}"
 
 
+def _fraction_cell(d: Derived) -> str:
+    if d.roofline_fraction is None:
+        return "n/a"
+    cell = f"{100 * d.roofline_fraction:.1f} %"
+    # above a physical limit: the GPU count, GPU name or dtype recorded for this run must be wrong
+    return cell + " (above the limit: check GPU count, GPU and dtype)" if d.roofline_fraction > 1 else cell
+
+
 # (markdown header with unit, cell) in table order.
 MD_COLUMNS: tuple[tuple[str, Callable[[Derived], str]], ...] = (
     ("model", lambda d: d.row.model or "unknown"),
@@ -191,7 +199,7 @@ MD_COLUMNS: tuple[tuple[str, Callable[[Derived], str]], ...] = (
     ("generate() latency (s)", lambda d: fmt_number(d.row.mean_generate_latency_s)),
     ("per-token latency (s/token)", lambda d: fmt_number(d.row.per_token_latency_s)),
     ("HBM roofline (tokens/s/GPU)", lambda d: fmt_number(d.roofline)),
-    ("of roofline", lambda d: "n/a" if d.roofline_fraction is None else f"{100 * d.roofline_fraction:.1f} %"),
+    ("of roofline", _fraction_cell),
     ("paper Petals (tokens/s/GPU)", lambda d: fmt_number(d.paper_petals, "–")),
     ("paper FlexGen (tokens/s)", lambda d: fmt_number(d.paper_flexgen, "–")),
     ("paper FlexGen 4-bit (tokens/s)", lambda d: fmt_number(d.paper_flexgen_4bit, "–")),
@@ -227,6 +235,8 @@ How to read it:
   prompt {PAPER_PROMPT_LENGTH} / {PAPER_NEW_TOKENS} new tokens; Petals on 1 / 4 / 24 T4s for OPT-6.7B / 30B / 175B, INT8 weights),
   shown beside rows of that workload only. They are on T4s: compare the fraction of the roofline,
   not the raw numbers, across GPUs.
+- A configuration measured more than once (e.g. 512 / 32 in both the prompt sweep and the token
+  sweep, or a rerun) has one row per measurement; `rows.csv` names each one's file and line.
 """
 
 

@@ -257,6 +257,15 @@ def test_anchor_table_is_the_papers():
                    "facebook/opt-175b": (0.08, 0.69, 1.12, 24)}
 
 
+def test_a_fraction_above_the_roofline_is_flagged(tmp_path: Path):
+    # 1000 tokens/s on one T4 for OPT-30B in fp16 is physically impossible (roofline 10.7): wrong metadata
+    write_run(tmp_path / "r", [record(2, 1, 6, 512, 32, 1000.0, 2.0, num_gpus=1, gpus=["h/cuda:0: Tesla T4"])])
+    assert run_report(tmp_path / "r", "--out", tmp_path / "o") == 0
+    (r,) = read_csv(tmp_path / "o" / "table17.csv")
+    assert float(r["roofline_fraction"]) == pytest.approx(1000 / (2 * 320e9 / OPT30B_FP16_BYTES))
+    assert "(above the limit: check GPU count, GPU and dtype)" in (tmp_path / "o" / "table17.md").read_text()
+
+
 # ---------------------------------------------------------------- CPU swarms, failed configurations
 
 
