@@ -16,18 +16,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_client.models import WEIGHT_DTYPES
+from bench_client.models import WEIGHT_DTYPES, UnknownModelError, get_model
 from bench_client.report_data import Defaults, ReportInputError, Results, load_results
 from bench_client.report_reference import PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
 
 EXIT_BAD_INPUT = 2
 
 
-def _positive_int(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
+
+
+def _model_name(text: str) -> str:
+    try:
+        return get_model(text).name
+    except UnknownModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--table-new-tokens",
-        type=_positive_int,
+        type=_non_negative_int,
         help=f"rows with this many new tokens form the table (default: the paper's {PAPER_NEW_TOKENS} where measured, "
         "else the largest count measured)",
     )
@@ -50,12 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fill = parser.add_argument_group("for results without JSONL metadata (or metadata lacking the value)")
     fill.add_argument(
-        "--num-gpus", type=_positive_int, help="GPUs that served the model (per-GPU throughput divides by it)"
+        "--num-gpus", type=_non_negative_int, help="GPUs that served the model (per-GPU throughput divides by it)"
     )
     fill.add_argument(
         "--gpu", dest="gpu_name", help="GPU name, e.g. 'Tesla T4' or 'NVIDIA H100 80GB HBM3' (for the roofline)"
     )
-    fill.add_argument("--model", help="model name or DHT prefix, e.g. facebook/opt-30b (for anchors and the roofline)")
+    fill.add_argument(
+        "--model",
+        type=_model_name,
+        help="model name or DHT prefix, e.g. facebook/opt-30b (for anchors and the roofline)",
+    )
     fill.add_argument(
         "--weight-dtype", choices=list(WEIGHT_DTYPES), help="weight dtype of the servers (for the roofline)"
     )

@@ -484,3 +484,13 @@ def test_several_runs_of_one_profile_are_separate_curves_and_rows(tmp_path: Path
     assert "| run |" in (out / "table17.md").read_text()
     assert len(list(out.glob("*.png"))) == 1
     assert math.isfinite(png_size(next(out.glob("*.png")))[0])
+
+
+def test_flags_are_checked(results_dir: Path, capsys):
+    for flags, message in ((["--model", "opt-31b"], "unknown model 'opt-31b'"), (["--num-gpus", "-1"], "-1 is negative"),
+                           (["--weight-dtype", "int3"], "invalid choice: 'int3'")):
+        with pytest.raises(SystemExit) as exc:
+            main([str(results_dir), *flags])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (results_dir / "report").exists()
