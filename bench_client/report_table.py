@@ -30,7 +30,7 @@ class Derived:
     gpu_family: str | None
     hbm_gbps: float | None
     roofline: float | None  # tokens/s per GPU
-    roofline_fraction: float | None  # per-GPU throughput / roofline, 0..1
+    roofline_fraction: float | None  # per-GPU throughput / roofline; above 1 means wrong metadata
     paper_petals: float | None
     paper_flexgen: float | None
     paper_flexgen_4bit: float | None
@@ -53,10 +53,8 @@ def derive(row: ResultRow) -> Derived:
     # with 0 new tokens throughput is 0 by definition: no fraction of anything
     if roofline and per_gpu is not None and row.new_tokens > 0:
         fraction = per_gpu / roofline
-    anchor = PAPER_ANCHORS.get(row.model or "")
     at_paper_workload = row.prompt_length == PAPER_PROMPT_LENGTH and row.new_tokens == PAPER_NEW_TOKENS
-    if anchor is None or not at_paper_workload:
-        anchor = None
+    anchor = PAPER_ANCHORS.get(row.model or "") if at_paper_workload else None
     return Derived(
         row=row,
         per_gpu_throughput=per_gpu,
