@@ -16,6 +16,9 @@ def exit_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    # Forked helpers (hivemind's DHT process) would inherit the handler and linger in a traceback
+    # when their process group is signalled; they should simply die with it.
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 def write_atomically(path: str | Path, text: str) -> None:
