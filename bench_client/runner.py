@@ -66,7 +66,8 @@ class ExperimentResult:
 
     def changed(self) -> dict[str, int]:
         """Tasks reported changed per host (0 everywhere on an idempotent second run)."""
-        return dict(self.stats.get("changed", {}))
+        changed = self.stats.get("changed") or {}
+        return {host: int(changed.get(host, 0)) for host in (self.stats.get("processed") or {})}
 
 
 def new_run_id() -> str:

@@ -1,0 +1,64 @@
+"""`ansible-playbook site.yml` on the local default inventory, end to end through the runner: a real
+CPU swarm (DHT + 2 servers on loopback), the benchmark client, the TSV and JSONL fetched under
+results/<run_id>/none/; a second provision+swarm run changes nothing; `--tags cleanup` stops every
+process of ours and closes its ports. About 2 minutes on 2 cores."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from bench_client.daemon import Record, group_members
+from bench_client.runner import run_experiment
+
+pytestmark = pytest.mark.slow
+
+
+def dht_port(workdir: Path) -> int:
+    maddr = (workdir / "run" / "initial_peers").read_text().split()[0]
+    return int(maddr.split("/tcp/")[1].split("/")[0])
+
+
+def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
+    workdir = tmp_path / "work"
+    results = tmp_path / "results"
+    common = {"netbench_workdir": str(workdir), "results_dir": str(results)}
+    out = io.StringIO()
+    run = run_experiment(extravars=common, out=out)
+    try:
+        assert run.ok, out.getvalue()[-5000:]
+        # progress was shown per host and task while it ran
+        assert "changed  localhost        petals_dht : Start the DHT in its own session" in out.getvalue()
+        profile_dir = run.results_dir / "none"
+        assert run.results_dir == results / run.run_id and run.profile_dirs == [profile_dir]
+        rows = list(csv.reader((profile_dir / "out.tsv").open(), delimiter="\t"))
+        assert [(r[3], r[4]) for r in rows] == [("16", "4"), ("32", "4")]  # prompt lengths 16/32, 4 new tokens
+        assert all(len(r) == 7 and float(r[5]) > 0 for r in rows)
+        meta = [json.loads(line) for line in (profile_dir / "out.jsonl").read_text().splitlines()]
+        assert [m["status"] for m in meta] == ["ok", "ok"]
+        assert {m["run_id"] for m in meta} == {run.run_id}
+        assert {m["network_profile"] for m in meta} == {"none"} and all(m["network"] is None for m in meta)
+        assert {m["num_servers"] for m in meta} == {2}
+
+        pidfiles = sorted(p.name for p in (workdir / "run").glob("*.pid"))
+        assert pidfiles == ["dht.pid", "server0.pid", "server1.pid"]  # the client and swarm-wait left none
+        records = [Record.load(workdir / "run" / name) for name in pidfiles]
+        port = dht_port(workdir)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+        again = run_experiment(extravars={**common, "run_id": run.run_id}, tags="provision,swarm", out=io.StringIO())
+        assert again.ok and again.changed() == {"localhost": 0}, again.stats
+    finally:
+        cleanup = run_experiment(extravars=common, tags="cleanup", out=io.StringIO())
+    assert cleanup.ok, cleanup.failures
+    assert all(group_members(r.pgid) == [] for r in records)
+    assert list((workdir / "run").glob("*.pid")) == []
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    # cleanup twice is harmless and changes nothing
+    assert run_experiment(extravars=common, tags="cleanup", out=io.StringIO()).changed() == {"localhost": 0}

@@ -1,0 +1,71 @@
+"""Every pre-flight refusal through the real playbook (site.yml on the local inventory, through the
+runner): the run fails in the pre-flight play with a message saying what to fix, and no host was
+changed (no work directory, no process). The GPU refusal is real: this machine has no NVIDIA GPU."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench_client.runner import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = {
+    "unknown-model": ({"model": "facebook/opt-9000"}, None, "unknown model 'facebook/opt-9000'"),
+    "unknown-profile": ({"profiles": "lan-fast"}, None, "unknown profile 'lan-fast'"),
+    "malformed-delay": ({"profiles": [{"name": "wan", "delay": "10 parsecs", "rate": "100mbit"}]}, None,
+                        "delay: expected a time such as 10ms"),
+    "malformed-rate": ({"profiles": [{"name": "wan", "delay": "10ms", "rate": "100 megabits"}]}, None,
+                       "rate: expected a tc rate"),
+    "more-spans-than-blocks": ({"netbench_servers_per_host": 5}, None, "5 servers (localhost: 5) but netbench/tiny has only 4 blocks"),
+    "gpu-without-gpus": ({"netbench_device": "cuda"}, None, "GPU runtime asked (netbench_device=cuda) but no NVIDIA GPU"),
+    "model-does-not-fit": ({"model": "facebook/opt-175b"}, None, "facebook/opt-175b in float32 needs 695.8 GB"),
+    "shaping-on-local": ({"profiles": "paper-10ms-100mbit"}, None, "shaping is off on localhost"),
+    "missing-group": ({}, "servers", "inventory group 'servers' is missing or empty"),
+    "empty-group": ({}, "clients-empty", "inventory group 'clients' is missing or empty"),
+}
+
+
+def write_inventory(path: Path, variant: str | None) -> Path:
+    groups = {"dht": "localhost:", "servers": "localhost:", "clients": "localhost:"}
+    if variant == "servers":
+        del groups["servers"]
+    elif variant == "clients-empty":
+        groups["clients"] = ""
+    children = "".join(f"    {g}:\n" + (f"      hosts:\n        {h}\n" if h else "      hosts: {}\n")
+                       for g, h in groups.items())
+    path.write_text(textwrap.dedent("""\
+        all:
+          vars:
+            ansible_connection: local
+            ansible_python_interpreter: "{{ ansible_playbook_python }}"
+            netbench_python: "{{ ansible_playbook_python }}"
+            model: netbench/tiny
+            netbench_servers_per_host: 2
+            netbench_dht_port: 0
+            netbench_server_port_base: 0
+          children:
+        """) + children)
+    return path
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_refused_before_any_host_changes(case, tmp_path):
+    extravars, variant, expected = CASES[case]
+    workdir = tmp_path / "work"
+    inventory = (write_inventory(tmp_path / "hosts.yml", variant) if variant
+                 else ROOT / "inventory" / "local" / "hosts.yml")
+    out = io.StringIO()
+    result = run_experiment(inventory=inventory, tags="provision", out=out,
+                            extravars={**extravars, "netbench_workdir": str(workdir),
+                                       "results_dir": str(tmp_path / "results")})
+    assert result.rc != 0, out.getvalue()
+    messages = " ".join(f.message for f in result.failures)
+    assert expected in messages, out.getvalue()
+    assert all(f.task.startswith("preflight") for f in result.failures), result.failures
+    assert not workdir.exists(), "a host was changed before the refusal"
+    assert not any(t.status == "changed" for t in result.timings)
