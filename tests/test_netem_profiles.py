@@ -197,6 +197,9 @@ def test_count_filters_reads_tc_text():
 # --- measurements ----------------------------------------------------------------------------------
 
 PING = """PING 10.202.0.12 (10.202.0.12) 56(84) bytes of data.
+64 bytes from 10.202.0.12: icmp_seq=1 ttl=64 time=31.4 ms
+64 bytes from 10.202.0.12: icmp_seq=2 ttl=64 time=20.4 ms
+64 bytes from 10.202.0.12: icmp_seq=3 ttl=64 time=21.0 ms
 
 --- 10.202.0.12 ping statistics ---
 10 packets transmitted, 10 received, 0% packet loss, time 1811ms
@@ -209,8 +212,9 @@ def _iperf(bps: float) -> str:
 
 
 def test_parse_measurements():
-    assert netem.parse_ping(PING) == {"rtt_min_ms": 20.412, "rtt_avg_ms": 20.987, "rtt_max_ms": 22.103,
-                                      "rtt_mdev_ms": 0.512, "ping_loss_pct": 0.0}
+    assert netem.parse_ping(PING) == {"rtt_min_ms": 20.412, "rtt_avg_ms": 20.987, "rtt_median_ms": 21.0,
+                                      "rtt_max_ms": 22.103, "rtt_mdev_ms": 0.512, "ping_loss_pct": 0.0}
+    assert netem.parse_ping(PING.replace("time=31.4 ms", ""))["rtt_median_ms"] == 20.7
     assert netem.parse_iperf3(_iperf(95e6)) == {"rate_mbit": 95.0, "retransmits": 3.0}
     with pytest.raises(ValueError, match="unable to connect"):
         netem.parse_iperf3('{"error": "unable to connect to server"}')
@@ -220,16 +224,16 @@ def test_parse_measurements():
 
 def test_judge_delay_exactly_and_rate_as_cap():
     p = netem.resolve_profile("paper-10ms-100mbit")
-    ok = {"rtt_avg_ms": 21.0, "rate_mbit": 95.0}
-    assert netem.judge(p, p, ok) == []
+    ok = {"rtt_min_ms": 20.4, "rtt_median_ms": 21.0, "rtt_avg_ms": 33.0, "rate_mbit": 95.0}
+    assert netem.judge(p, p, ok) == []  # one slow ping moves the average, not the verdict
     assert netem.expected_rtt_ms(p, p) == 20.0
-    assert "not in effect" in netem.judge(p, p, {**ok, "rtt_avg_ms": 1.1})[0]  # delay missing
-    assert "exceeds the configured" in netem.judge(p, p, {**ok, "rtt_avg_ms": 40.0})[0]
+    assert "not in effect" in netem.judge(p, p, {**ok, "rtt_min_ms": 1.1, "rtt_median_ms": 1.2})[0]  # no delay
+    assert "exceeds the configured" in netem.judge(p, p, {**ok, "rtt_median_ms": 40.0})[0]
     assert "exceeds the 100 Mbit/s cap" in netem.judge(p, p, {**ok, "rate_mbit": 900.0})[0]
     assert "below 85%" in netem.judge(p, p, {**ok, "rate_mbit": 50.0})[0]
     loose = netem.Tolerance(rate_achieved=0)
     assert netem.judge(p, p, {**ok, "rate_mbit": 50.0}, loose) == []  # cap only
-    assert netem.judge(p, None, {"rtt_avg_ms": 10.8, "rate_mbit": 97.0}) == []  # unshaped peer
+    assert netem.judge(p, None, {"rtt_min_ms": 10.6, "rtt_median_ms": 10.8, "rate_mbit": 97.0}) == []  # unshaped peer
 
 
 def test_filter_plugin_kind_choice_and_errors():
@@ -254,7 +258,7 @@ def test_filter_plugin_measurement_record():
     own = plugin.netem_resolve("paper-10ms-100mbit")
     out = plugin.netem_measure_all(["vm2"], [{"item": "vm2", "stdout": PING}],
                                    [{"item": "vm2", "stdout": _iperf(96e6)}], own, [own])
-    assert out["vm2"]["rtt_avg_ms"] == 20.987 and out["vm2"]["rate_mbit"] == 96.0
+    assert out["vm2"]["rtt_median_ms"] == 21.0 and out["vm2"]["rate_mbit"] == 96.0
     assert out["vm2"]["expected_rtt_ms"] == 20.0 and out["vm2"]["problems"] == []
     failed = plugin.netem_measure_all(["vm2"], [{"item": "vm2", "stdout": ""}], [], own, [own])
     assert failed["vm2"]["problems"][0].startswith("measurement failed")

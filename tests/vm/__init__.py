@@ -1,0 +1,250 @@
+"""Debian VMs with a real netem kernel, as Ansible hosts reached over real ssh, for tests.
+
+Each cluster lives in a network namespace the test creates (its traffic cannot leave it): a
+management bridge (10.201.0.0/24, the controller is .1, ssh and Ansible go there, never shaped)
+and a data bridge (10.202.0.0/24, VM to VM only: the interface the tests shape, eth1 in the VMs).
+The VMs boot the image of build-image.sh under qemu TCG (this machine has no KVM) from throwaway
+qcow2 overlays. Everything started here is stopped by PID: qemu processes by process group, ssh
+control masters by `ssh -O exit`.
+
+Use from a test module:
+    from vm import vm_cluster  # noqa: F401  (a module-scoped pytest fixture: a 2-VM VMCluster)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("NETBENCH_VM_CACHE", "/var/cache/netbench-vm"))
+MGMT_NET, DATA_NET = "10.201.0", "10.202.0"
+DATA_INTERFACE = "eth1"  # in the guest: eth0 = management (ssh), eth1 = data
+QEMU = "qemu-system-x86_64"
+
+
+def build_image() -> Path:
+    """The cached VM base (built by build-image.sh, minutes the first time, instant afterwards)."""
+    subprocess.run(["bash", str(REPO / "tests" / "vm" / "build-image.sh")], check=True, timeout=1200)
+    return CACHE
+
+
+@dataclass
+class VM:
+    name: str
+    index: int
+    proc: subprocess.Popen
+    console: Path
+
+    @property
+    def mgmt_ip(self) -> str:
+        return f"{MGMT_NET}.{10 + self.index}"
+
+    @property
+    def data_ip(self) -> str:
+        return f"{DATA_NET}.{10 + self.index}"
+
+
+class VMCluster:
+    def __init__(self, count: int = 2, memory_mb: int = 512, workdir: Path | None = None) -> None:
+        self.count = count
+        self.memory_mb = memory_mb
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="netbench-vm-"))
+        self.netns = f"nbvm{os.getpid()}"
+        self.control_dir = self.workdir / "cp"  # fresh per cluster: stale masters hung runs before
+        self.vms: list[VM] = []
+        self._netns_made = False
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self, boot_timeout: float = 180) -> VMCluster:
+        self.control_dir.mkdir(parents=True, exist_ok=True)
+        self._network()
+        for i in range(1, self.count + 1):
+            self.vms.append(self._boot(i))
+        deadline = time.monotonic() + boot_timeout
+        for vm in self.vms:
+            self._wait_ssh(vm, deadline)
+        return self
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", "-n", self.netns, *args], check=True, timeout=30)
+
+    def _network(self) -> None:
+        subprocess.run(["ip", "netns", "add", self.netns], check=True, timeout=30)
+        self._netns_made = True
+        self._ip("link", "set", "lo", "up")
+        for bridge, addr in (("nbmgmt", f"{MGMT_NET}.1/24"), ("nbdata", None)):
+            self._ip("link", "add", bridge, "type", "bridge")
+            if addr:
+                self._ip("addr", "add", addr, "dev", bridge)
+            self._ip("link", "set", bridge, "up")
+        for i in range(1, self.count + 1):
+            for tap, bridge in ((f"tapm{i}", "nbmgmt"), (f"tapd{i}", "nbdata")):
+                self._ip("tuntap", "add", "dev", tap, "mode", "tap")
+                self._ip("link", "set", tap, "master", bridge)
+                self._ip("link", "set", tap, "up")
+
+    def _boot(self, i: int) -> VM:
+        name = f"vm{i}"
+        overlay = self.workdir / f"{name}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(CACHE / "base.img"),
+                        str(overlay)], check=True, timeout=60)
+        console = self.workdir / f"{name}.console"
+        append = (f"console=ttyS0 quiet panic=-1 nb.hostname={name} nb.eth0={MGMT_NET}.{10 + i}/24 "
+                  f"nb.eth1={DATA_NET}.{10 + i}/24")
+        cmd = [
+            "ip", "netns", "exec", self.netns, QEMU,
+            "-accel", "tcg,thread=multi,tb-size=256", "-smp", "1", "-m", str(self.memory_mb),
+            "-nodefaults", "-display", "none", "-no-reboot", "-bios", "/usr/share/qemu/qboot.rom",
+            "-serial", f"file:{console}",
+            "-kernel", str(CACHE / "vmlinuz"), "-initrd", str(CACHE / "initrd.img"), "-append", append,
+            "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+            "-netdev", f"tap,id=m,ifname=tapm{i},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=m,mac=52:54:00:01:00:{i:02x},romfile=,addr=0x3",
+            "-netdev", f"tap,id=d,ifname=tapd{i},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=d,mac=52:54:00:02:00:{i:02x},romfile=,addr=0x4",
+        ]
+        log = open(self.workdir / f"{name}.qemu.log", "wb")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        log.close()
+        return VM(name, i, proc, console)
+
+    def _wait_ssh(self, vm: VM, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if vm.proc.poll() is not None:
+                raise RuntimeError(f"{vm.name}: qemu exited ({vm.proc.returncode}): {self.console_tail(vm)}")
+            if self.ssh(vm, "true", timeout=15, check=False).returncode == 0:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"{vm.name}: no ssh at {vm.mgmt_ip} in time: {self.console_tail(vm)}")
+
+    def console_tail(self, vm: VM, chars: int = 1500) -> str:
+        try:
+            return vm.console.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no console output)"
+
+    def close(self) -> None:
+        # Control masters first (a master to a killed VM hangs the next run), then the VMs.
+        for sock in self.control_dir.glob("*"):
+            subprocess.run(["ip", "netns", "exec", self.netns, "ssh", "-o", f"ControlPath={sock}", "-O", "exit",
+                            "dummy"], capture_output=True, timeout=15, check=False)
+        for vm in self.vms:
+            if vm.proc.poll() is None:
+                os.killpg(vm.proc.pid, signal.SIGTERM)
+                try:
+                    vm.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(vm.proc.pid, signal.SIGKILL)
+                    vm.proc.wait(timeout=10)
+        if self._netns_made:
+            subprocess.run(["ip", "netns", "del", self.netns], timeout=30, check=False)
+            self._netns_made = False
+        for overlay in self.workdir.glob("*.qcow2"):
+            overlay.unlink()
+
+    # --- access ---------------------------------------------------------------------------------
+    def ssh_options(self) -> list[str]:
+        return ["-i", str(CACHE / "id_ed25519"), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+                "-o", "ControlMaster=auto", "-o", "ControlPersist=300",
+                "-o", f"ControlPath={self.control_dir}/t-%r@%h:%p"]
+
+    def ssh(self, vm: VM, command: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["ip", "netns", "exec", self.netns, "ssh", *self.ssh_options(), f"root@{vm.mgmt_ip}",
+                               command], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{vm.name}: `{command}` failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def qdiscs(self, vm: VM, interface: str = DATA_INTERFACE) -> list[dict]:
+        return json.loads(self.ssh(vm, f"tc -j qdisc show dev {interface}").stdout)
+
+    def inventory(self, extra_vars: dict | None = None) -> Path:
+        """An Ansible inventory of the VMs (JSON is YAML): group `vms`, the data NIC as netem_interface."""
+        hosts = {vm.name: {"ansible_host": vm.mgmt_ip} for vm in self.vms}
+        data = {"all": {"children": {"vms": {"hosts": hosts}}, "vars": {
+            "ansible_user": "root", "ansible_ssh_private_key_file": str(CACHE / "id_ed25519"),
+            "ansible_python_interpreter": "/usr/bin/python3", "netem_interface": DATA_INTERFACE,
+            **(extra_vars or {})}}}
+        path = self.workdir / "inventory.yml"
+        path.write_text(json.dumps(data, indent=1))
+        return path
+
+    def ansible_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.control_dir),
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=120s -o ServerAliveInterval=5 "
+                                "-o ServerAliveCountMax=3 -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
+        })
+        return env
+
+    def playbook_command(self, playbook: Path | str, *args: str, extra_vars: dict | None = None) -> list[str]:
+        bin_dir = Path(sys.executable).parent
+        cmd = ["ip", "netns", "exec", self.netns, str(bin_dir / "ansible-playbook"), "-i", str(self.inventory()),
+               str(playbook), *args]
+        if extra_vars:
+            cmd += ["-e", json.dumps(extra_vars)]
+        return cmd
+
+    def ansible_playbook(self, playbook: Path | str, *args: str, extra_vars: dict | None = None,
+                         timeout: float = 400) -> subprocess.CompletedProcess:
+        """Run a playbook against the VMs from inside the namespace; output kept for the assertions."""
+        started = time.monotonic()
+        proc = subprocess.run(self.playbook_command(playbook, *args, extra_vars=extra_vars), cwd=self.workdir,
+                              env=self.ansible_env(), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+        proc.wall_s = time.monotonic() - started  # type: ignore[attr-defined]
+        return proc
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counters per host: {'vm1': {'ok': 12, 'changed': 0, 'failed': 0, ...}}."""
+    counts: dict[str, dict[str, int]] = {}
+    in_recap = False
+    for line in output.splitlines():
+        if line.startswith("PLAY RECAP"):
+            in_recap = True
+            continue
+        if in_recap and ":" in line and "=" in line:
+            host, _, rest = line.partition(":")
+            counts[host.strip()] = {k: int(v) for k, v in (kv.split("=") for kv in rest.split())}
+    return counts
+
+
+def shell_quote(text: str) -> str:
+    return shlex.quote(text)
+
+
+@pytest.fixture(scope="module")
+def vm_cluster():
+    """Two booted VMs (module scope: booting costs ~10-30 s on a busy 2-core machine)."""
+    if os.geteuid() != 0:
+        pytest.skip("VMs need root (network namespaces, tap devices)")
+    build_image()
+    cluster = VMCluster(count=2)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
