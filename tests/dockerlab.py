@@ -68,7 +68,8 @@ def ansible_playbook(playbook: Path | str, *args: str, inventory: str | Path = "
         cmd += ["-e", json.dumps(extra_vars)]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", **(env or {})})
+                          env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1",
+                               "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", **(env or {})})
     run = PlaybookRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
     print(f"ansible-playbook {Path(playbook).name} {' '.join(args)}: rc={run.returncode} in {run.wall_s:.0f} s")
     return run
