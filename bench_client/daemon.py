@@ -75,6 +75,43 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def descendants(roots: list[int]) -> list[int]:
+    """Live descendants of ``roots``: helpers that left the process group (torch_shm_manager calls setsid)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2 :].split()
+            if fields[0] not in ("Z", "X"):
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def _signal_all(pgid: int, pids: list[int], sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if (info := _stat(pid)) and info[0] not in ("Z", "X")]
+
+
 def is_running(record: Record) -> bool:
     """The recorded group still has live members, and its leader (if alive) is the process we started."""
     leader = _stat(record.pid)
@@ -139,20 +176,27 @@ def stop(pidfile: Path, timeout: float = 20.0) -> dict:
     if not is_running(record):
         pidfile.unlink(missing_ok=True)
         return {"changed": False, "running": False, "pid": record.pid}
-    sig = signal.SIGTERM
-    deadline = time.monotonic() + timeout
-    while group_members(record.pgid):
-        try:
-            os.killpg(record.pgid, sig)
-        except ProcessLookupError:
-            break
-        if time.monotonic() > deadline:
-            if sig == signal.SIGKILL:
-                raise DaemonError(f"process group {record.pgid} survived SIGKILL: {group_members(record.pgid)}")
-            sig, deadline = signal.SIGKILL, time.monotonic() + 5.0
-        time.sleep(0.1)
+    sig = terminate(record.pgid, timeout)
     pidfile.unlink(missing_ok=True)
     return {"changed": True, "running": False, "pid": record.pid, "signal": sig.name}
+
+
+def terminate(pgid: int, timeout: float = 20.0, extra: list[int] | None = None) -> signal.Signals:
+    """SIGTERM a process group and every descendant of its members (also those in other groups),
+    then SIGKILL what is left after ``timeout``; returns the last signal sent."""
+    members = group_members(pgid)
+    targets = [p for p in descendants(members) + list(extra or []) if p not in members]
+    sig = signal.SIGTERM
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) or _alive(targets):
+        _signal_all(pgid, _alive(targets), sig)
+        if time.monotonic() > deadline:
+            if sig == signal.SIGKILL:
+                raise DaemonError(f"processes {group_members(pgid) + _alive(targets)} survived SIGKILL")
+            sig, deadline = signal.SIGKILL, time.monotonic() + 5.0
+        time.sleep(0.1)
+        targets = list(dict.fromkeys(targets + [p for p in descendants(group_members(pgid)) if p not in targets]))
+    return sig
 
 
 def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
@@ -161,6 +205,7 @@ def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
     leaves no process of ours. While it runs, ``stop --pidfile`` (cleanup) can end it."""
     if not argv:
         raise DaemonError("no command given after --")
+    _become_subreaper()  # orphans of CMD (setsid'ed helpers too) become our children, not init's
     proc = subprocess.Popen(argv, start_new_session=True)
     info = _stat(proc.pid)
     Record(proc.pid, proc.pid, info[2] if info else 0, argv, "-").save(pidfile)
@@ -176,12 +221,32 @@ def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
     try:
         code = proc.wait()
     finally:
-        leftovers = group_members(proc.pid)
+        leftovers = list(dict.fromkeys(group_members(proc.pid) + descendants([os.getpid()])))
         if leftovers:
             print(f"daemon: stopping {len(leftovers)} process(es) {argv[0]} left behind: {leftovers}", file=sys.stderr)
-            stop(pidfile, timeout=grace)
+            terminate(proc.pid, timeout=grace, extra=leftovers)
+        _reap()
         pidfile.unlink(missing_ok=True)
     return code
+
+
+def _become_subreaper() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass  # not Linux: leftovers outside the group may then escape
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,3 +76,18 @@ def test_stale_pidfile_is_not_running(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench_client.daemon", "stop", "--pidfile", str(pidfile)],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["changed"] is False
+
+
+def test_helpers_that_leave_the_group_are_stopped_too(tmp_path):
+    """torch_shm_manager calls setsid: stop and run must still end it (by descent, not by name)."""
+    marker = f"sleep {400 + os.getpid() % 50}.25"
+    pidfile, log = tmp_path / "x.pid", tmp_path / "x.log"
+    start(["sh", "-c", f"setsid {marker} & wait"], pidfile, log)
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode == 0
+    stop(pidfile)
+    assert subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode == 1
+    cli = subprocess.run([sys.executable, "-m", "bench_client.daemon", "run", "--pidfile", str(tmp_path / "r.pid"),
+                          "--", "sh", "-c", f"setsid {marker} & exit 0"], capture_output=True, text=True)
+    assert cli.returncode == 0
+    assert subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode == 1

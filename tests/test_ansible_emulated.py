@@ -1,0 +1,140 @@
+"""The emulated inventory over real ssh: three network namespaces made by this test (bridge inside a
+namespace it owns, sshd in each), the DHT and client on h1, one server each on h2 and h3, two
+profiles in one run (unshaped, then a rate-only 20 Mbit/s custom profile: this kernel has tbf but no
+netem). Checks that the shaping was measurably in effect, that a second provision+swarm+shaping run
+changes nothing, then `--tags cleanup` and that nothing of ours is left: no qdisc, no process but
+the test's own sshd, no listening port but ssh. About 4 minutes on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench_client import netns_lab
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = f"nbt{os.getpid() % 10000}"
+RATE_MBIT = 20
+SWEEP = ["-e", "bench_client_prompt_lengths=[16]", "-e", "bench_client_new_tokens=4",
+         "-e", "bench_client_num_processes=1", "-e", "bench_client_num_micro_batches=1",
+         "-e", "netem_iperf_seconds=2", "-e", "netem_iperf_omit_seconds=1", "-e", "netem_ping_count=3"]
+RATE_PROFILE = {"name": "rate20", "rate": f"{RATE_MBIT}mbit"}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("lab")
+    try:
+        inventory = netns_lab.up(directory, count=3, python=sys.executable, prefix=PREFIX)
+        yield directory, inventory
+    finally:
+        netns_lab.down(directory)
+    assert not any(ns.startswith(PREFIX) for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                                  text=True).stdout.split())
+
+
+def petals_netbench(lab_dir: Path, inventory: Path, *args: str, timeout: float = 900) -> tuple[dict, str]:
+    """The runner's CLI inside the lab's controller namespace; returns its --json summary and output."""
+    proc = subprocess.run(["ip", "netns", "exec", netns_lab.controller_netns(PREFIX), sys.executable, "-m",
+                           "bench_client.runner", "-i", str(inventory), "--json",
+                           "-e", f"results_dir={lab_dir / 'results'}", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    start = proc.stdout.rfind("\n{\n")
+    assert start >= 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout[start:]), proc.stdout
+
+
+def in_ns(host: str, *argv: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", f"{PREFIX}-{host}", *argv], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def changed_per_host(output: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in output.splitlines():
+        parts = line.split("]", 1)[-1].split()
+        if len(parts) >= 2 and parts[0] in ("changed", "ok"):
+            counts[parts[1]] = counts.get(parts[1], 0) + (parts[0] == "changed")
+    return counts
+
+
+def own_iperf_mbit(server: str, client: str, address: str) -> float:
+    """The test's own measurement: iperf3 from ``client`` to ``server`` (both lab hosts)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", f"{PREFIX}-{server}", "iperf3", "-s", "-1", "-B", address,
+                             "-p", "5299"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        time.sleep(0.5)
+        report = json.loads(in_ns(client, "iperf3", "-J", "-c", address, "-p", "5299", "-t", "3", "-O", "1"))
+        return report["end"]["sum_received"]["bits_per_second"] / 1e6
+    finally:
+        try:
+            os.killpg(proc.pid, 15)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+def test_emulated_swarm_shaped_idempotent_and_cleaned(lab):
+    lab_dir, inventory = lab
+    hosts = {h.name: h for h in netns_lab.lab_hosts(3, PREFIX)}
+    try:
+        profiles = json.dumps({"profiles": ["none", RATE_PROFILE]})
+        summary, output = petals_netbench(lab_dir, inventory, "-e", profiles, *SWEEP)
+        assert summary["rc"] == 0, output[-6000:]
+        run_dir = Path(summary["results_dir"])
+        assert sorted(p.parent.name for p in run_dir.glob("*/out.tsv")) == ["none", "rate20"]
+
+        # the swarm was spread: the DHT and client on h1, one server on each of h2 and h3
+        work = lab_dir / "work"
+        assert sorted(p.name for p in (work / "h1" / "run").glob("*.pid")) == ["dht.pid"]
+        assert [p.name for p in (work / "h2" / "run").glob("*.pid")] == ["server0.pid"]
+        assert [p.name for p in (work / "h3" / "run").glob("*.pid")] == ["server0.pid"]
+        unshaped = [json.loads(x) for x in (run_dir / "none" / "out.jsonl").read_text().splitlines()]
+        shaped = [json.loads(x) for x in (run_dir / "rate20" / "out.jsonl").read_text().splitlines()]
+        assert all(r["status"] == "ok" and r["num_servers"] == 2 for r in unshaped + shaped)
+        assert all(r["network"] is None for r in unshaped)
+        # measured by the netem role (iperf3 between the shaped servers) and recorded with every row
+        for row in shaped:
+            assert row["network_profile"] == "rate20"
+            for host in ("h2", "h3"):
+                measured = row["network"]["hosts"][host]
+                assert measured["qdisc"] == "tbf"
+                assert 0.8 * RATE_MBIT <= measured["rate_mbit"] <= 1.05 * RATE_MBIT, measured
+
+        # provisioning and shaping again: the first run shapes (and leaves the shaping on), the second
+        # changes nothing; meanwhile our own iperf3 sees the limit
+        keep = ["-t", "provision,swarm,shaping", "-e", json.dumps({"profiles": [RATE_PROFILE]}),
+                "-e", "netbench_unshape=false", *SWEEP]
+        first, output = petals_netbench(lab_dir, inventory, *keep)
+        assert first["rc"] == 0, output[-4000:]
+        assert changed_per_host(output).get("h2", 0) > 0
+        second, output = petals_netbench(lab_dir, inventory, *keep)
+        assert second["rc"] == 0, output[-4000:]
+        assert changed_per_host(output) == {"h1": 0, "h2": 0, "h3": 0}, output[-4000:]
+        assert "tbf" in in_ns("h2", "tc", "qdisc", "show", "dev", "eth0")
+        mbit = own_iperf_mbit("h1", "h2", hosts["h1"].address)
+        assert 0.8 * RATE_MBIT <= mbit <= 1.05 * RATE_MBIT, mbit
+        assert own_iperf_mbit("h2", "h1", hosts["h2"].address) > 5 * RATE_MBIT  # h1 is not shaped
+    finally:
+        cleanup, output = petals_netbench(lab_dir, inventory, "--cleanup")
+    assert cleanup["rc"] == 0, output[-4000:]
+
+    for name, host in hosts.items():
+        qdiscs = in_ns(name, "tc", "qdisc", "show", "dev", "eth0")
+        assert "tbf" not in qdiscs and "htb" not in qdiscs and "4e54" not in qdiscs, (name, qdiscs)
+        pids = netns_lab.namespace_pids(host.netns)
+        commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    for pid in pids if Path(f"/proc/{pid}/cmdline").exists()}
+        left = {pid: c for pid, c in commands.items() if "sshd" not in c}
+        assert left == {}, (name, left)
+        listening = [line for line in in_ns(name, "ss", "-Hltun").splitlines() if line.strip()]
+        assert all(line.split()[4].endswith(":22") for line in listening), (name, listening)
