@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -73,6 +74,17 @@ def ansible_playbook(playbook: Path | str, *args: str, inventory: str | Path = "
     run = PlaybookRun(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
     print(f"ansible-playbook {Path(playbook).name} {' '.join(args)}: rc={run.returncode} in {run.wall_s:.0f} s")
     return run
+
+
+def snapshot_source(directory: Path) -> Path:
+    """The package's files as they are now: the image tests build from this copy, so that edits made
+    to the working tree while they run (a shared checkout) do not change the image under them."""
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, directory / name)
+    shutil.copytree(REPO / "bench_client", directory / "bench_client",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    return directory
 
 
 def image_playbook(*args: str, **extra_vars) -> tuple[PlaybookRun, str]:

@@ -27,31 +27,36 @@ from pathlib import Path
 import pytest
 
 from dockerlab import (IMAGE_CACHE, PROJECT_LABEL, REPO, ansible_playbook, docker, image_playbook, labels_of,
-                       remove_containers, require_docker)
+                       remove_containers, require_docker, snapshot_source)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 MODEL = "netbench/tiny"
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
+def source(tmp_path_factory) -> Path:
+    return snapshot_source(tmp_path_factory.mktemp("source"))
+
+
+@pytest.fixture(scope="module")
+def image(source) -> str:
     require_docker()
-    run, tag = image_playbook()
+    run, tag = image_playbook(swarm_image_source=str(source))
     assert run.recap["localhost"]["failed"] == 0
     print(f"image {tag} ready in {run.wall_s:.0f} s")
     return tag
 
 
-def test_image_rebuild_changes_nothing(image):
-    run, tag = image_playbook()
+def test_image_rebuild_changes_nothing(image, source):
+    run, tag = image_playbook(swarm_image_source=str(source))
     assert tag == image
     assert run.recap["localhost"]["changed"] == 0, run.stdout[-3000:]
     # nothing was built or shipped: the read-only check found the tag
     assert re.search(r"TASK \[swarm_image : Build the image\]", run.stdout) is None
 
 
-def test_image_tag_and_labels(image):
-    version = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+def test_image_tag_and_labels(image, source):
+    version = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (source / "pyproject.toml").read_text()).group(1)
     content_hash = (IMAGE_CACHE / "context" / "content-hash").read_text().strip()
     assert image == f"netbench-swarm:{version}-{content_hash}"
     labels = labels_of(image)
