@@ -191,3 +191,47 @@ def test_nvidia_parts_in_check_mode(target):
     # and nothing of it is on the host
     assert target.sh(f"test -e {NVIDIA_SOURCES} || test -e /etc/apt/keyrings/nvidia-container-toolkit.asc").returncode != 0
     assert target.sh("command -v nvidia-ctk").returncode != 0
+
+
+def test_signed_repository_for_real(target):
+    """The apt_repository tasks that add NVIDIA's (and Docker's) repository, run for real with a
+    repository reachable here: Debian's bookworm-backports, trusted only through a key file that the
+    task fetches (file://), checks by fingerprint and names in Signed-By; apt then reads the
+    repository with that key. A key with another fingerprint is refused, removed, and no sources
+    are written."""
+    gnupg = target.workdir / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(gnupg)}
+    keyring = "/usr/share/keyrings/debian-archive-bookworm-automatic.gpg"
+    subprocess.run(["gpg", "--batch", "--quiet", "--import", keyring], env=env, check=True, capture_output=True)
+    armored = target.workdir / "debian.asc"
+    armored.write_bytes(subprocess.run(["gpg", "--batch", "--export", "--armor"], env=env, check=True,
+                                       capture_output=True).stdout)
+    fingerprint = next(line.split(":")[9] for line in subprocess.run(
+        ["gpg", "--show-keys", "--with-colons", str(armored)], env=env, check=True, capture_output=True,
+        text=True).stdout.splitlines() if line.startswith("fpr:"))
+    docker("cp", str(armored), f"{target.name}:/srv/nbtest-debian.asc")
+    playbook = target.workdir / "repository.yml"
+    playbook.write_text(json.dumps([{
+        "name": "A signed repository", "hosts": "all", "gather_facts": False,
+        "tasks": [{"name": "Add it", "ansible.builtin.include_role": {"name": "docker_engine", "tasks_from": "apt_repository"}}],
+    }]))
+    repo = {"name": "nbtest-debian", "key_url": "file:///srv/nbtest-debian.asc", "fingerprint": fingerprint,
+            "uris": "http://deb.debian.org/debian", "suites": "bookworm-backports", "components": "main"}
+    env = {"ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(target.workdir / "cp")}
+
+    run = ansible_playbook(playbook, inventory=target.inventory, extra_vars={"docker_engine_repo": repo}, env=env).ok()
+    assert run.recap["gpuhost"]["changed"] >= 2
+    sources = target.sh("cat /etc/apt/sources.list.d/nbtest-debian.sources", check=True).stdout
+    assert "Signed-By: /etc/apt/keyrings/nbtest-debian.asc\n" in sources and "Suites: bookworm-backports\n" in sources
+    # apt trusts the repository through that key alone: its lists are there and verified
+    policy = target.sh("apt-cache policy", check=True).stdout
+    assert "bookworm-backports" in policy, policy
+    again = ansible_playbook(playbook, inventory=target.inventory, extra_vars={"docker_engine_repo": repo}, env=env).ok()
+    assert again.recap["gpuhost"]["changed"] == 0
+
+    bad = {**repo, "name": "nbtest-bad", "fingerprint": "C95B321B61E88C1809C4F759DDCAE044F796ECB0"}
+    refused = ansible_playbook(playbook, inventory=target.inventory, extra_vars={"docker_engine_repo": bad}, env=env)
+    assert refused.returncode != 0 and "refusing the repository nbtest-bad" in refused.stdout, refused.stdout[-3000:]
+    assert target.sh("ls /etc/apt/keyrings/nbtest-bad.asc /etc/apt/sources.list.d/nbtest-bad.sources").returncode != 0
+    target.sh("rm -f /etc/apt/sources.list.d/nbtest-debian.sources /etc/apt/keyrings/nbtest-debian.asc", check=True)
