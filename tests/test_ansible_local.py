@@ -62,3 +62,21 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     # cleanup twice is harmless and changes nothing
     assert run_experiment(extravars=common, tags="cleanup", out=io.StringIO()).changed() == {"localhost": 0}
+
+
+def test_swarm_wait_times_out_naming_the_missing_blocks(tmp_path):
+    """Only the server of blocks 0:2 starts: the wait fails after its timeout, naming blocks 2:4."""
+    common = {"netbench_workdir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
+    out = io.StringIO()
+    try:
+        run = run_experiment(extravars={**common, "petals_server_wait_timeout": 15,
+                                        "petals_server_instances": [{"name": "server0", "span": "0:2",
+                                                                     "device": "cpu", "port": 0}]},
+                             tags="provision,swarm", out=out)
+        assert run.rc != 0
+        [failure] = run.failures
+        assert failure.task == "petals_server : Fail naming the missing blocks"
+        assert "blocks 2:4 of netbench/tiny" in failure.message and "served by no online server" in failure.message
+        assert "FAILED localhost | petals_server : Fail naming the missing blocks" in out.getvalue()  # streamed
+    finally:
+        assert run_experiment(extravars=common, tags="cleanup", out=io.StringIO()).ok
