@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -245,6 +248,8 @@ def test_filter_plugin_kind_choice_and_errors():
     assert plugin.netem_kind(rate_only, {"netem": True, "tbf": True}) == "netem"
     assert plugin.netem_kind(rate_only, no_netem) == "tbf"  # explicit fallback, reported by the role
     assert plugin.netem_kind(None, no_netem) == "none"
+    unknown = {"netem": None, "tbf": None, "htb": None}  # no namespaces, no module tree: try netem, let tc say
+    assert plugin.netem_kind(rate_only, unknown) == "netem" and plugin.netem_kind(delayed, unknown) == "netem"
     with pytest.raises(plugin.AnsibleFilterError, match="has no sch_netem.*refusing to run unshaped"):
         plugin.netem_kind(delayed, no_netem, "auto", "vm1", "6.18")
     with pytest.raises(plugin.AnsibleFilterError, match="has no sch_netem"):
@@ -253,13 +258,55 @@ def test_filter_plugin_kind_choice_and_errors():
         plugin.netem_resolve("paper")
 
 
+def test_filter_plugin_batch_text():
+    plugin = _plugin()
+    cmds = netem.plan("eth1", NETEM_10MS_100MBIT, netem.resolve_profile("paper-100ms-100mbit"))
+    assert plugin.netem_batch(cmds) == ("qdisc del dev eth1 root\n"
+                                        "qdisc add dev eth1 root handle 4e54: netem delay 100ms rate 100mbit limit 2250000")
+
+
 def test_filter_plugin_measurement_record():
     plugin = _plugin()
     own = plugin.netem_resolve("paper-10ms-100mbit")
-    out = plugin.netem_measure_all(["vm2"], [{"item": "vm2", "stdout": PING}],
-                                   [{"item": "vm2", "stdout": _iperf(96e6)}], own, [own])
+    pings = "=== 10.202.0.12\n" + PING
+    iperfs = "=== 10.202.0.12\n" + _iperf(96e6)
+    assert plugin.netem_sections(pings)["10.202.0.12"].strip() == PING.strip()
+    out = plugin.netem_measure_all(["vm2"], ["10.202.0.12"], pings, iperfs, own, [own])
     assert out["vm2"]["rtt_median_ms"] == 21.0 and out["vm2"]["rate_mbit"] == 96.0
     assert out["vm2"]["expected_rtt_ms"] == 20.0 and out["vm2"]["problems"] == []
-    failed = plugin.netem_measure_all(["vm2"], [{"item": "vm2", "stdout": ""}], [], own, [own])
+    failed = plugin.netem_measure_all(["vm2"], ["10.202.0.12"], "", "", own, [own])
     assert failed["vm2"]["problems"][0].startswith("measurement failed")
     assert plugin.netem_mean([20.0, 22.0]) == 21.0 and plugin.netem_mean([]) is None
+
+
+# --- the role as Ansible sees it ---------------------------------------------------------------------
+
+def _ansible_env() -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1",
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def test_shaping_playbook_syntax_and_lint_production():
+    bin_dir = Path(sys.executable).parent
+    syntax = subprocess.run([str(bin_dir / "ansible-playbook"), "--syntax-check", "-i", "localhost,",
+                             "playbooks/shaping.yml"], cwd=ROOT, env=_ansible_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert syntax.returncode == 0, syntax.stdout + syntax.stderr
+    lint = subprocess.run([str(bin_dir / "ansible-lint"), "--profile", "production", "--offline", "--nocolor",
+                           "roles/netem", "playbooks/shaping.yml"], cwd=ROOT, env=_ansible_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
+
+
+def test_bad_profile_fails_in_one_line_before_any_host_is_touched(tmp_path):
+    """An unreachable host: the refusal must come from the controller, not from a connection."""
+    bin_dir = Path(sys.executable).parent
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(json.dumps({"all": {"hosts": {"nowhere": {"ansible_host": "host.invalid"}}}}))
+    proc = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inventory), "playbooks/shaping.yml",
+                           "-e", json.dumps({"netem_profile": {"delay": "10ms", "rate": "10kbit"}})],
+                          cwd=ROOT, env=_ansible_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "rate 10kbit is below the floor of 1mbit" in proc.stdout, proc.stdout[-2000:]
+    assert "UNREACHABLE" not in proc.stdout

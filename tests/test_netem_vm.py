@@ -70,8 +70,11 @@ def test_paper_profiles_measured_idempotent_replaced(vm_cluster, backup_dir):
     cluster = vm_cluster
     report = []
     for name, (delay_ms, rate_mbit, limit, reach) in PAPER.items():
+        # The role's median-RTT tolerance is widened to 15 ms for TCG VMs (their base RTT is 1-5 ms,
+        # and the median jumps by several ms while the 2 cores are busy); the delay itself is checked
+        # exactly below, on the minimum RTT.
         proc = _run(cluster, netem_profile=name, netem_deadman_seconds=900, netem_backup_dir=str(backup_dir),
-                    netem_rate_achieved_fraction=0.85 if reach else 0.0)
+                    netem_rate_achieved_fraction=0.85 if reach else 0.0, netem_rtt_tolerance_ms=15)
         counts = _ok(proc)
         assert all(c["failed"] == 0 and c["changed"] >= 1 for c in counts.values()), counts
         for vm in cluster.vms:
@@ -87,8 +90,9 @@ def test_paper_profiles_measured_idempotent_replaced(vm_cluster, backup_dir):
             assert m["qdisc"] == "netem" and m["interface"] == DATA_INTERFACE and m["problems"] == []
             assert m["profile"]["name"] == name
             peer = m["peers"][next(iter(m["peers"]))]
-            # both hosts delay their egress: the RTT is twice the delay (+ the VMs' ~1-2 ms)
-            assert 2 * delay_ms - 0.2 <= peer["rtt_min_ms"] and peer["rtt_median_ms"] <= 2 * delay_ms + 5, peer
+            # both hosts delay their egress: the RTT is twice the delay (+ the VMs' base RTT, 1-5 ms)
+            assert 2 * delay_ms - 0.2 <= peer["rtt_min_ms"] <= 2 * delay_ms + 5, peer
+            assert peer["rtt_median_ms"] <= 2 * delay_ms + 15, peer
             assert peer["rate_mbit"] <= rate_mbit * 1.05, peer
             if reach:
                 assert peer["rate_mbit"] >= rate_mbit * 0.85, peer
@@ -137,8 +141,9 @@ def test_ssh_bypass_then_cleanup_tag(vm_cluster):
 
 def test_failure_after_shaping_removes_it(vm_cluster):
     cluster = vm_cluster
-    # An unreachable tolerance: the measurement fails after the shaping is in place.
-    proc = _run(cluster, netem_profile="paper-10ms-100mbit", netem_rate_achieved_fraction=1.5)
+    # An impossible tolerance: the measurement fails after the shaping is in place.
+    proc = _run(cluster, netem_profile="paper-10ms-100mbit", netem_rtt_tolerance_ms=-15,
+                netem_rate_achieved_fraction=0.0, netem_iperf_seconds=1, netem_iperf_omit_seconds=0)
     assert proc.returncode != 0
     assert "shaping not in effect" in proc.stdout and "its shaping was removed" in proc.stdout, proc.stdout[-3000:]
     for vm in cluster.vms:

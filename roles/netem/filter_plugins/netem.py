@@ -40,8 +40,10 @@ def netem_kind(resolved: dict[str, Any] | None, support: dict[str, bool], reques
     if profile is None:
         return "none"
     where = f"host {host} (kernel {kernel})" if host else "this host"
-    if requested == "netem" or (requested == "auto" and (profile.needs_netem or support.get("netem"))):
-        if not support.get("netem"):
+    # support values: True (tried and worked), False (missing), None (could not tell: try netem)
+    netem_ok = support.get("netem") is not False
+    if requested == "netem" or (requested == "auto" and (profile.needs_netem or netem_ok)):
+        if not netem_ok:
             need = "delay/jitter/loss" if profile.needs_netem else "netem (netem_qdisc=netem)"
             raise AnsibleFilterError(
                 f"{where} has no sch_netem: profile {profile.name!r} needs {need}; refusing to run unshaped "
@@ -50,7 +52,7 @@ def netem_kind(resolved: dict[str, Any] | None, support: dict[str, bool], reques
     if requested in ("tbf", "auto"):
         if profile.needs_netem:
             raise AnsibleFilterError(f"profile {profile.name!r} needs netem (delay, jitter or loss): tbf only limits the rate")
-        if not support.get("tbf"):
+        if support.get("tbf") is False:
             raise AnsibleFilterError(f"{where} has neither sch_netem nor sch_tbf: cannot limit the rate")
         return "tbf"
     raise AnsibleFilterError(f"netem_qdisc: expected auto, netem or tbf, got {requested!r}")
@@ -64,6 +66,11 @@ def netem_plan(show_json: str, interface: str, resolved: dict[str, Any] | None, 
                           [int(p) for p in bypass_ports or []], netem.count_filters(filter_text or ""), bool(force))
     except (netem.ProfileError, netem.ForeignQdiscError) as exc:
         raise AnsibleFilterError(str(exc)) from exc
+
+
+def netem_batch(commands: list[list[str]]) -> str:
+    """tc argv lists -> the text of one `tc -batch` (one command a line, without the leading tc)."""
+    return "\n".join(" ".join(argv[1:] if argv[:1] == ["tc"] else argv) for argv in commands)
 
 
 def netem_peer_measurement(ping_stdout: str, iperf_stdout: str, own: dict[str, Any] | None,
@@ -80,17 +87,30 @@ def netem_peer_measurement(ping_stdout: str, iperf_stdout: str, own: dict[str, A
     return {**{k: round(v, 3) for k, v in measured.items()}, "expected_rtt_ms": expected, "problems": problems}
 
 
-def netem_measure_all(peers: list[str], ping_results: list[dict[str, Any]], iperf_results: list[dict[str, Any]],
+def netem_sections(stdout: str) -> dict[str, str]:
+    """netemctl.sh's per-peer output ("=== ADDRESS" then that peer's text) -> {address: text}."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in (stdout or "").splitlines():
+        if line.startswith("=== "):
+            current = line[4:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return {k: "\n".join(v) for k, v in sections.items()}
+
+
+def netem_measure_all(peers: list[str], addresses: list[str], ping_stdout: str, iperf_stdout: str,
                       own: dict[str, Any] | None, peer_profiles: list[Any], rtt_tolerance_ms: float = 5.0,
                       rate_cap: float = 0.05, rate_achieved: float = 0.85) -> dict[str, dict[str, Any]]:
-    """{peer: netem_peer_measurement} from the registered loop results of the ping and iperf3 tasks."""
-    pings = {r.get("item"): r.get("stdout", "") for r in ping_results}
-    iperfs = {r.get("item"): r.get("stdout", "") for r in iperf_results}
+    """{peer: netem_peer_measurement} from the outputs of netemctl.sh serve (pings) and iperf."""
+    pings, iperfs = netem_sections(ping_stdout), netem_sections(iperf_stdout)
     out = {}
-    for peer, peer_profile in zip(peers, peer_profiles):
-        out[peer] = netem_peer_measurement(pings.get(peer, ""), iperfs.get(peer, "") or "{}", own,
-                                           peer_profile if isinstance(peer_profile, dict) else None,
-                                           rtt_tolerance_ms, rate_cap, rate_achieved)
+    for peer, address, peer_profile in zip(peers, addresses, peer_profiles):
+        out[peer] = {"address": address,
+                     **netem_peer_measurement(pings.get(address, ""), iperfs.get(address, "") or "{}", own,
+                                              peer_profile if isinstance(peer_profile, dict) else None,
+                                              rtt_tolerance_ms, rate_cap, rate_achieved)}
     return out
 
 
@@ -106,6 +126,7 @@ class FilterModule:
             "netem_describe": netem_describe,
             "netem_kind": netem_kind,
             "netem_plan": netem_plan,
+            "netem_batch": netem_batch,
             "netem_peer_measurement": netem_peer_measurement,
             "netem_measure_all": netem_measure_all,
             "netem_mean": netem_mean,
