@@ -80,3 +80,13 @@ def test_swarm_wait_times_out_naming_the_missing_blocks(tmp_path):
         assert "FAILED localhost | petals_server : Fail naming the missing blocks" in out.getvalue()  # streamed
     finally:
         assert run_experiment(extravars=common, tags="cleanup", out=io.StringIO()).ok
+
+
+def test_check_mode_changes_nothing(tmp_path):
+    workdir = tmp_path / "work"
+    out = io.StringIO()
+    run = run_experiment(extravars={"netbench_workdir": str(workdir), "results_dir": str(tmp_path / "results")},
+                         check=True, out=out)
+    assert run.ok, out.getvalue()[-3000:]
+    assert run.changed()["localhost"] >= 1  # it says the work directory would be made...
+    assert not workdir.exists() and not (tmp_path / "results").exists()  # ...and makes nothing
