@@ -211,6 +211,12 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise PlanError(f"no facts for hosts {', '.join(sorted(set(missing)))}: the pre-flight probe did not reach them")
     server_hosts = {name: HostInfo.from_dict(name, host_data[name]) for name in groups["servers"]}
+    available = config.get("runtimes_available")
+    if available is not None:  # a runtime is usable once the roles have its tasks/<runtime>.yml
+        for info in server_hosts.values():
+            if info.runtime not in available:
+                raise PlanError(f"host {info.name}: runtime {info.runtime!r} has no tasks in the server and DHT roles yet "
+                                f"(available: {', '.join(available) or 'none'}); set netbench_runtime=process")
     dtype = choose_dtype(config.get("dtype") or None, list(server_hosts.values()))
     run_id = str(config.get("run_id") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     if not _SAFE_NAME.match(run_id):

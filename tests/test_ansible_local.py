@@ -27,7 +27,7 @@ def dht_port(workdir: Path) -> int:
 def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
     workdir = tmp_path / "work"
     results = tmp_path / "results"
-    common = {"netbench_workdir": str(workdir), "results_dir": str(results)}
+    common = {"netbench_workdir": str(workdir), "results_dir": str(results), "petals_dht_persistent_identity": True}
     out = io.StringIO()
     run = run_experiment(extravars=common, out=out)
     try:
@@ -58,6 +58,7 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
     assert cleanup.ok, cleanup.failures
     assert all(group_members(r.pgid) == [] for r in records)
     assert list((workdir / "run").glob("*.pid")) == []
+    assert (workdir / "run" / "dht.key").exists()  # the persistent DHT identity outlives cleanup
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     # cleanup twice is harmless and changes nothing

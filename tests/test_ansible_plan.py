@@ -106,6 +106,11 @@ def test_namespace_hosts_of_one_machine_count_its_ram_once():
     assert plan["memory"]["available_gb"] == pytest.approx(4.29, abs=0.01)
 
 
+def test_runtime_without_role_tasks():
+    assert "runtime 'docker' has no tasks" in refusal(runtimes_available=["process"],
+                                                      hosts={"a": {"runtime": "docker", "mem_kb": 16 * GIB_KB}})
+
+
 def test_cuda_only_dtype_on_cpu():
     assert "needs CUDA" in refusal(dtype="int8")
 
