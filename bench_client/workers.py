@@ -29,6 +29,7 @@ class WorkerSpec:
     dtype: str  # client-side weights (embeddings, LM head)
     seed: int
     request_timeout: float
+    max_retries: int  # petals retries forever by default; a lost block must fail the configuration instead
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ def _load_model(spec: WorkerSpec, index: int):
     config.dht_prefix = spec.dht_prefix
     config.initial_peers = list(spec.initial_peers)
     config.request_timeout = spec.request_timeout
+    config.max_retries = spec.max_retries
     config.show_route = False
+    config.use_chunked_forward = False  # "auto" imports cpufeature; chunking only helps bfloat16 on CPUs without AVX512
     torch.manual_seed(spec.seed)
     model = DistributedBloomForCausalLM(config).to(getattr(torch, spec.dtype))
     if spec.device == "cuda":

@@ -1,0 +1,204 @@
+"""A whole swarm on one host: a DHT and N Petals servers started with the project's launchers, each
+in its own process group, stopped by process group. Used by the tests, by the engine benchmark and
+for single-host GPU runs (several servers on one GPU emulate a multi-GPU swarm):
+
+    python -m bench_client.local_swarm --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
+        --workdir runs/opt30b -- -b 1 --num-micro-batches 2 --num-processes 6 --output runs/opt30b/out.tsv
+
+Everything after ``--`` goes to the benchmark client (``python -m bench_client``); the initial peers
+and ``--prefix`` are filled in. Bring-up time is printed and written to ``<workdir>/bringup.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+PYTHON = sys.executable
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+@dataclass
+class Managed:
+    name: str
+    process: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalSwarm:
+    workdir: Path
+    env: dict = field(default_factory=lambda: dict(os.environ))
+    processes: list[Managed] = field(default_factory=list)
+    address_file: Path | None = None
+
+    def start(self, name: str, args: list[str]) -> Managed:
+        log = self.workdir / f"{name}.log"
+        handle = open(log, "wb")
+        process = subprocess.Popen([PYTHON, *args], stdout=handle, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                   env=self.env, start_new_session=True)  # own process group: stopped as a whole
+        handle.close()
+        managed = Managed(name, process, log)
+        self.processes.append(managed)
+        return managed
+
+    def start_dht(self, timeout: float = 60.0) -> list[str]:
+        self.address_file = self.workdir / "dht.maddrs"
+        dht = self.start("dht", ["-m", "bench_client.dht", "--address-file", str(self.address_file),
+                                 "--host-maddrs", LOOPBACK])
+        deadline = time.monotonic() + timeout
+        while not self.address_file.exists():
+            if dht.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"DHT did not start:\n{dht.tail()}")
+            time.sleep(0.2)
+        return self.initial_peers
+
+    @property
+    def initial_peers(self) -> list[str]:
+        assert self.address_file is not None
+        return self.address_file.read_text().split()
+
+    def start_server(self, name: str, model: str, span: str, *extra: str, dtype: str = "float32",
+                     device: str = "cpu", num_handlers: int = 2) -> Managed:
+        return self.start(name, ["-m", "bench_client.server", "--model", model, "--block-indices", span,
+                                 "--initial-peers", *self.initial_peers, "--dtype", dtype, "--device", device,
+                                 "--host-maddrs", LOOPBACK, "--num-handlers", str(num_handlers), *extra])
+
+    def wait_served(self, model: str, timeout: float = 120.0) -> None:
+        result = self.run_module(["bench_client.swarm", "wait", "--initial-peers", *self.initial_peers,
+                                  "--model", model, "--timeout", str(timeout)], timeout=timeout + 60)
+        if result.returncode != 0:
+            logs = "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.processes)
+            raise RuntimeError(f"swarm not ready: {result.stderr[-2000:]}\n{logs}")
+
+    def run_module(self, args: list[str], timeout: float = 600.0) -> subprocess.CompletedProcess:
+        """Run ``python -m ...`` in its own process group and check that the group is empty afterwards:
+        a command that leaves processes behind (p2pd daemons, DHT helpers) fails the test."""
+        process = subprocess.Popen([PYTHON, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   cwd=self.workdir, env=self.env, start_new_session=True)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"{args[0]} timed out after {timeout} s:\n{stderr[-3000:]}")
+        deadline = time.monotonic() + 10
+        while group_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = group_members(process.pid)
+        if left:
+            names = [" ".join(p.cmdline())[:100] for p in left]
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError(f"python -m {args[0]} left processes behind: {names}")
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    def stop(self, managed: Managed, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL it if still there after ``timeout``."""
+        pgid = managed.process.pid
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and group_members(pgid):
+                time.sleep(0.2)
+            if not group_members(pgid):
+                break
+        managed.process.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for managed in reversed(self.processes):
+            self.stop(managed)
+
+    def leftovers(self) -> list[str]:
+        """Processes still alive in any group this swarm started (should be none after stop_all)."""
+        return [f"{p.pid} {' '.join(p.cmdline())[:120]}" for m in self.processes for p in group_members(m.process.pid)]
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return members
+
+
+def descendants_matching(marker: str) -> list[psutil.Process]:
+    """Processes whose command line mentions ``marker`` (used only to ASSERT nothing is left, never to kill)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from bench_client.models import get_model, split_blocks
+    from bench_client.sweep import attention_cache_tokens
+
+    argv = sys.argv[1:] if argv is None else argv
+    own, client_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(prog="python -m bench_client.local_swarm", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--servers", type=int, default=2, help="servers, each holding a contiguous span of blocks")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (all servers on it)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--num-handlers", type=int, default=2)
+    p.add_argument("--attn-cache-tokens", type=int, default=None,
+                   help="per server (default: sized for 6 processes x batch 2 x (1024 + 32) tokens)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--timeout", type=float, default=600.0, help="bring-up timeout")
+    args = p.parse_args(own)
+    spec = get_model(args.model)
+    spans = split_blocks(spec.layers, args.servers)
+    cache = args.attn_cache_tokens or attention_cache_tokens(2, 6, [1024], [32])
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    swarm = LocalSwarm(workdir)
+    try:
+        start = time.monotonic()
+        swarm.start_dht()
+        dht_up = time.monotonic() - start
+        for i, (a, b) in enumerate(spans):
+            swarm.start_server(f"server-{i}", spec.name, f"{a}:{b}", "--attn-cache-tokens", str(cache),
+                               dtype=args.dtype, device=args.device, num_handlers=args.num_handlers)
+        swarm.wait_served(spec.name, timeout=args.timeout)
+        bringup = {"model": spec.name, "servers": args.servers, "device": args.device, "dtype": args.dtype,
+                   "dht_seconds": round(dht_up, 2), "swarm_seconds": round(time.monotonic() - start, 2),
+                   "attn_cache_tokens": cache, "spans": [f"{a}:{b}" for a, b in spans]}
+        print(json.dumps(bringup), flush=True)
+        (workdir / "bringup.json").write_text(json.dumps(bringup, indent=2) + "\n")
+        if not client_args:
+            return 0
+        process = subprocess.run([PYTHON, "-m", "bench_client", "--initial_peers", *swarm.initial_peers,
+                                  "--prefix", spec.name, *client_args], cwd=Path.cwd(), start_new_session=True)
+        return process.returncode
+    finally:
+        swarm.stop_all()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
