@@ -144,6 +144,7 @@ def test_swarm_runs_in_containers_and_cleanup_removes_exactly_ours(image):
                    "--run-id", run_id, "--output", "/run/netbench/out.tsv", detach=False, timeout=600)
         print(f"client done {time.monotonic() - started:.1f} s after the DHT started")
         rows = list(csv.reader((workdir / "out.tsv").open(), delimiter="\t"))
+        print("TSV:", *("\t".join(row) for row in rows), sep="\n  ")
         assert [(row[3], row[4]) for row in rows] == [("8", "4"), ("16", "4")], rows
         for row in rows:
             assert len(row) == 7 and float(row[5]) > 0 and float(row[6]) > 0, row
