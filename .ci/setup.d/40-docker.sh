@@ -36,5 +36,9 @@ echo "[docker] engine $(docker version --format '{{.Server.Version}}') up"
 
 # The image's inputs, cached across CI runs (the clone is new each time, /var/cache is not).
 cache=${NETBENCH_IMAGE_CACHE:-/var/cache/netbench}
-bash roles/swarm_image/files/make-base.sh "${NETBENCH_BASE_IMAGE:-netbench-base:bookworm}" "$cache/debootstrap"
-bash roles/swarm_image/files/make-wheelhouse.sh "$cache/wheelhouse"
+# Both mostly wait on the network: side by side.
+bash roles/swarm_image/files/make-base.sh "${NETBENCH_BASE_IMAGE:-netbench-base:bookworm}" "$cache/debootstrap" &
+base_pid=$!
+# (pip's notes about this machine's local index folders are noise here)
+bash roles/swarm_image/files/make-wheelhouse.sh "$cache/wheelhouse" 2>&1 | { grep -v '^WARNING: Location' || true; }
+wait "$base_pid"
