@@ -16,7 +16,9 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,8 +186,11 @@ def run_experiment(
     variables["run_id"] = run_id
     results_root = Path(variables.get("results_dir") or project / "results")
     variables["results_dir"] = str(results_root)
-    private = project / ".cache" / "runner"
-    private.mkdir(parents=True, exist_ok=True)
+    # A fresh private data dir per run: ansible-runner writes env/cmdline, env/extravars... there and
+    # would replay them (e.g. --check) in later runs. Artifacts (event logs) are kept for debugging.
+    private = Path(tempfile.mkdtemp(prefix="netbench-runner-"))
+    artifacts = project / ".cache" / "runner" / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
     printer = ProgressPrinter(out=out, verbose=verbose)
     cmdline = "--check --diff" if check else None
     env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", **(envvars or {})}
@@ -194,24 +199,29 @@ def run_experiment(
     env.setdefault("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     env.setdefault("VIRTUAL_ENV", str(bindir.parent))
     started = time.monotonic()
-    runner = ansible_runner.run(
-        private_data_dir=str(private),
-        project_dir=str(project),
-        playbook=playbook,
-        inventory=str(inventory_path),
-        extravars=variables,
-        tags=",".join(tags) if isinstance(tags, list) else tags,
-        skip_tags=",".join(skip_tags) if isinstance(skip_tags, list) else skip_tags,
-        cmdline=cmdline,
-        envvars=env,
-        ident=run_id + "-" + secrets.token_hex(2),
-        rotate_artifacts=20,
-        event_handler=printer,
-        quiet=True,
-    )
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(private),
+            artifact_dir=str(artifacts),
+            project_dir=str(project),
+            playbook=playbook,
+            inventory=str(inventory_path),
+            extravars=variables,
+            tags=",".join(tags) if isinstance(tags, list) else tags,
+            skip_tags=",".join(skip_tags) if isinstance(skip_tags, list) else skip_tags,
+            cmdline=cmdline,
+            envvars=env,
+            ident=run_id + "-" + secrets.token_hex(2),
+            rotate_artifacts=20,
+            event_handler=printer,
+            quiet=True,
+        )
+        stdout_text = runner.stdout.read() if runner.rc != 0 else ""
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     wall = time.monotonic() - started
     if runner.rc != 0 and not printer.failures:  # e.g. a YAML error: no failed-task event, stdout says why
-        printer.failures.append(Failure("controller", "ansible-playbook", playbook_error(runner.stdout.read())))
+        printer.failures.append(Failure("controller", "ansible-playbook", playbook_error(stdout_text)))
     return ExperimentResult(status=runner.status, rc=runner.rc, run_id=run_id, results_dir=results_root / run_id,
                             wall_time_s=wall, failures=printer.failures, timings=printer.timings,
                             stats=runner.stats or {})

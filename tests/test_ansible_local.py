@@ -91,3 +91,6 @@ def test_check_mode_changes_nothing(tmp_path):
     assert run.ok, out.getvalue()[-3000:]
     assert run.changed()["localhost"] >= 1  # it says the work directory would be made...
     assert not workdir.exists() and not (tmp_path / "results").exists()  # ...and makes nothing
+    # a normal run right after is not in check mode (ansible-runner keeps no state between our runs)
+    provision = run_experiment(extravars={"netbench_workdir": str(workdir)}, tags="provision", out=io.StringIO())
+    assert provision.ok and workdir.is_dir()
