@@ -66,7 +66,7 @@ def backup_dir():
         yield Path(d)
 
 
-def test_paper_profiles_measured_idempotent_replaced(vm_cluster, backup_dir):
+def test_paper_profiles_measured_idempotent_replaced(vm_cluster, backup_dir, capsys):
     cluster = vm_cluster
     report = []
     for name, (delay_ms, rate_mbit, limit, reach) in PAPER.items():
@@ -102,7 +102,8 @@ def test_paper_profiles_measured_idempotent_replaced(vm_cluster, backup_dir):
             # the same profile again: nothing changes (no measurement, to save time)
             counts = _ok(_run(cluster, netem_profile=name, netem_deadman_seconds=900, netem_validate=False))
             assert all(c["changed"] == 0 for c in counts.values()), counts
-    print("\nmeasured between the VMs (per profile, per sender):\n" + "\n".join(report))
+    with capsys.disabled():  # shown in CI's log too, not only with -s
+        print("\nmeasured between the VMs (per profile, per sender):\n" + "\n".join(report))
 
     # normal teardown: shaping gone, dead-man timer disarmed; a second teardown changes nothing
     _ok(_run(cluster, netem_state="absent"))
@@ -112,7 +113,7 @@ def test_paper_profiles_measured_idempotent_replaced(vm_cluster, backup_dir):
     assert all(c["changed"] == 0 for c in counts.values()), counts
 
 
-def test_ssh_bypass_then_cleanup_tag(vm_cluster):
+def test_ssh_bypass_then_cleanup_tag(vm_cluster, capsys):
     cluster = vm_cluster
     vm1, vm2 = cluster.vms[:2]
     _ok(_run(cluster, netem_profile={"name": "bypass", "delay": "100ms", "rate": "100mbit"},
@@ -130,7 +131,8 @@ def test_ssh_bypass_then_cleanup_tag(vm_cluster):
         print(best * 1000)""")
     ssh_ms = float(cluster.ssh(vm1, f"python3 -c '{probe}'").stdout)
     rtt = float(ping.split("=")[-1].split("/")[1])
-    print(f"\nssh bypass: ping RTT {rtt:.1f} ms, TCP connect to port 22 {ssh_ms:.1f} ms")
+    with capsys.disabled():
+        print(f"\nssh bypass: ping RTT {rtt:.1f} ms, TCP connect to port 22 {ssh_ms:.1f} ms")
     assert rtt >= 199 and ssh_ms < 50, (rtt, ssh_ms)
 
     counts = _ok(_run(cluster, "--tags", "cleanup"))
@@ -159,7 +161,7 @@ def test_absurd_profile_refused_before_touching_hosts(vm_cluster):
         assert _ours(cluster.qdiscs(vm)) == []
 
 
-def test_controller_killed_mid_play_deadman_removes_shaping(vm_cluster):
+def test_controller_killed_mid_play_deadman_removes_shaping(vm_cluster, capsys):
     cluster = vm_cluster
     deadman_s = 20
     play = cluster.workdir / "killed.yml"
@@ -195,7 +197,8 @@ def test_controller_killed_mid_play_deadman_removes_shaping(vm_cluster):
     while time.monotonic() < killed_at + deadman_s + 30 and any(_ours(cluster.qdiscs(vm)) for vm in cluster.vms):
         time.sleep(2)
     gone = time.monotonic() - killed_at
-    print(f"\ncontroller killed; dead-man timer ({deadman_s} s after shaping) unshaped both VMs {gone:.0f} s later")
+    with capsys.disabled():
+        print(f"\ncontroller killed; dead-man timer ({deadman_s} s after shaping) unshaped both VMs {gone:.0f} s later")
     for vm in cluster.vms:
         assert _ours(cluster.qdiscs(vm)) == [], "the dead-man timer did not remove the shaping"
         assert not _deadman_running(cluster, vm)
@@ -222,7 +225,7 @@ def _local_play(netns: str, workdir: Path, profile, **extra) -> subprocess.Compl
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
-def test_kernel_without_netem_reports_it_and_falls_back_to_tbf_for_rate_only(tmp_path):
+def test_kernel_without_netem_reports_it_and_falls_back_to_tbf_for_rate_only(tmp_path, capsys):
     if os.geteuid() != 0:
         pytest.skip("needs root")
     probe = subprocess.run(["sh", str(REPO / "roles" / "netem" / "files" / "netemctl.sh"), "inspect", "lo",
@@ -261,7 +264,8 @@ def test_kernel_without_netem_reports_it_and_falls_back_to_tbf_for_rate_only(tmp
         out = subprocess.run(["ip", "netns", "exec", a, "iperf3", "-J", "-c", "10.203.0.2", "-t", "4", "-O", "1"],
                              capture_output=True, text=True, timeout=60, check=True).stdout
         rate = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
-        print(f"\ntbf fallback on this kernel's veth: {rate:.1f} Mbit/s for a 50 Mbit/s profile")
+        with capsys.disabled():
+            print(f"\ntbf fallback on this kernel's veth: {rate:.1f} Mbit/s for a 50 Mbit/s profile")
         assert 50 * 0.85 <= rate <= 50 * 1.05
 
         removed = _local_play(a, tmp_path, "none", netem_state="absent")

@@ -27,7 +27,10 @@ mirror=$(grep -rhoE '^(deb +|URIs: *)https?://[^ ]+/debian/?( |$)' /etc/apt/sour
 mirror=${mirror:-http://deb.debian.org/debian}
 
 # 1. Kernel: unpack Debian's cloud kernel package (not installed on this machine).
-kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+kernel_pkg() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+kpkg=$(kernel_pkg)
+[ -n "$kpkg" ] || { apt-get update -qq && kpkg=$(kernel_pkg); }
+[ -n "$kpkg" ] || { echo "cannot find Debian's linux-image-cloud-amd64 in apt" >&2; exit 1; }
 (cd "$work/kpkg" && apt-get download -o APT::Sandbox::User=root "$kpkg" >/dev/null)
 dpkg-deb -x "$work"/kpkg/*.deb "$work/kernel"
 kver=$(ls "$work/kernel/lib/modules")
