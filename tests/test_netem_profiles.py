@@ -28,6 +28,10 @@ NETEM_10MS_100MBIT = json.dumps([{
     "options": {"limit": 22500, "delay": {"delay": 0.01, "jitter": 0, "correlation": 0},
                 "rate": {"rate": 12500000, "packetoverhead": 0, "cellsize": 0, "celloverhead": 0},
                 "ecn": False, "gap": 0}}])
+# ... and after `netem delay 10ms 2ms loss random 1.5% rate 50mbit limit 1000` (same kernel).
+NETEM_JITTER_LOSS = ('[{"kind":"netem","handle":"4e54:","root":true,"refcnt":2,"options":{"limit":1000,"delay":'
+                     '{"delay":0.01,"jitter":0.002,"correlation":0},"loss-random":{"loss":0.015,"correlation":0},'
+                     '"rate":{"rate":6250000,"packetoverhead":0,"cellsize":0,"celloverhead":0},"ecn":false,"gap":0}}]')
 TBF_10MBIT = '[{"kind":"tbf","handle":"4e54:","root":true,"refcnt":3,"options":{"rate":1250000,"burst":20000,"limit":10000}}]'
 HTB_BYPASS_TBF = ('[{"kind":"htb","handle":"4e54:","root":true,"refcnt":3,"options":{"r2q":10,"default":"0x2",'
                   '"direct_packets_stat":0,"direct_qlen":1000}},{"kind":"tbf","handle":"4e55:","parent":"4e54:2",'
@@ -137,6 +141,12 @@ def test_bad_profiles_are_refused_even_when_forced(spec, problem):
 def test_same_profile_twice_changes_nothing():
     p = netem.resolve_profile("paper-10ms-100mbit")
     assert netem.plan("eth1", NETEM_10MS_100MBIT, p) == []
+
+
+def test_jitter_and_loss_read_back_from_the_kernel():
+    p = netem.resolve_profile({"delay": "10ms", "jitter": "2ms", "loss": "1.5%", "rate": "50mbit", "limit": 1000})
+    assert netem.plan("eth1", NETEM_JITTER_LOSS, p) == []
+    assert netem.plan("eth1", NETEM_JITTER_LOSS, netem.Profile("x", 10_000, 2_000, 50_000_000, 1.0, 1000)) != []
 
 
 def test_different_profile_replaces_not_stacks():
