@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -230,10 +229,6 @@ def recap(output: str) -> dict[str, dict[str, int]]:
             host, _, rest = line.partition(":")
             counts[host.strip()] = {k: int(v) for k, v in (kv.split("=") for kv in rest.split())}
     return counts
-
-
-def shell_quote(text: str) -> str:
-    return shlex.quote(text)
 
 
 @pytest.fixture(scope="module")
