@@ -88,7 +88,7 @@ def test_paper_profiles_measured_idempotent_replaced(vm_cluster, backup_dir, cap
             saved = json.loads((backup_dir / f"netem-{vm.name}.json").read_text())
             m = saved["measurement"]
             assert m["qdisc"] == "netem" and m["interface"] == DATA_INTERFACE and m["problems"] == []
-            assert m["profile"]["name"] == name
+            assert m["profile"]["name"] == name and m["validated"] is True
             peer = m["peers"][next(iter(m["peers"]))]
             # both hosts delay their egress: the RTT is twice the delay (+ the VMs' base RTT, 1-5 ms)
             assert 2 * delay_ms - 0.2 <= peer["rtt_min_ms"] <= 2 * delay_ms + 5, peer
@@ -252,8 +252,10 @@ def test_kernel_without_netem_reports_it_and_falls_back_to_tbf_for_rate_only(tmp
         assert "has no sch_netem" in refused.stdout and "refusing to run unshaped" in refused.stdout, refused.stdout
         assert _ours(qdisc()) == []
 
-        applied = _local_play(a, tmp_path, {"name": "rate-only", "rate": "50mbit"})
+        applied = _local_play(a, tmp_path, {"name": "rate-only", "rate": "50mbit"}, netem_backup_dir=str(tmp_path / "b"))
         assert applied.returncode == 0, applied.stdout[-3000:]
+        record = json.loads((tmp_path / "b" / "netem-localhost.json").read_text())["measurement"]
+        assert record["qdisc"] == "tbf" and record["validated"] is False and record["profile"]["rate_mbit"] == 50
         assert [q["kind"] for q in _ours(qdisc())] == ["tbf"]
         again = _local_play(a, tmp_path, {"name": "rate-only", "rate": "50mbit"})
         assert recap(again.stdout)["localhost"]["changed"] == 0, again.stdout[-3000:]
