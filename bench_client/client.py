@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=30.0)
     p.add_argument("--config-timeout", type=float, default=1800.0, help="give up on one configuration after this")
     p.add_argument("--request-timeout", type=float, default=180.0, help="petals client request timeout")
+    p.add_argument("--max-retries", type=positive_int, default=8,
+                   help="petals client retries per request before the configuration fails (petals' default is "
+                        "infinite: a swarm that lost a block would hang until --config-timeout)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -178,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     worker_spec = WorkerSpec(model_dir=str(write_model_dir(spec, model_dir)), dht_prefix=spec.dht_prefix,
                              initial_peers=tuple(peers), vocab=spec.vocab, device=device, dtype=args.client_dtype,
-                             seed=args.seed, request_timeout=args.request_timeout)
+                             seed=args.seed, request_timeout=args.request_timeout,
+                             max_retries=args.max_retries)
     print(f"{spec.name}: {len(todo)} of {len(points)} configurations to measure "
           f"({len(points) - len(todo)} already in {args.output}); {len(view.online_servers)} servers, "
           f"{num_gpus} GPU(s) [{gpus_source}]; metadata -> {writer.metadata}", file=sys.stderr, flush=True)

@@ -12,7 +12,8 @@ import argparse
 import sys
 
 from bench_client import compat
-from bench_client.processes import exit_on_sigterm, write_atomically
+from bench_client.peers import PeerError, resolve_initial_peers
+from bench_client.processes import exit_on_sigterm, fail, write_atomically
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def petals_argv(args: argparse.Namespace) -> list[str]:
     host_maddrs = args.host_maddrs
     if args.port is not None:
         if host_maddrs:
-            raise SystemExit("error: use either --port or --host-maddrs, not both")
+            fail("use either --port or --host-maddrs, not both")
         host_maddrs = [f"/ip4/0.0.0.0/tcp/{args.port}"]
     if host_maddrs:
         argv += ["--host_maddrs", *host_maddrs]
@@ -48,6 +49,11 @@ def petals_argv(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.initial_peers:  # joining another DHT: never a public Petals one
+        try:
+            args.initial_peers = resolve_initial_peers(args.initial_peers)
+        except PeerError as exc:
+            fail(str(exc))
     compat.apply()
     import petals.cli.run_dht as run_dht
 
