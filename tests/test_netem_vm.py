@@ -90,8 +90,8 @@ def test_paper_profiles_measured_idempotent_replaced(vm_cluster, backup_dir, cap
             assert m["qdisc"] == "netem" and m["interface"] == DATA_INTERFACE and m["problems"] == []
             assert m["profile"]["name"] == name and m["validated"] is True
             peer = m["peers"][next(iter(m["peers"]))]
-            # both hosts delay their egress: the RTT is twice the delay (+ the VMs' base RTT, 1-5 ms)
-            assert 2 * delay_ms - 0.2 <= peer["rtt_min_ms"] <= 2 * delay_ms + 5, peer
+            # both hosts delay their egress: RTT = twice the delay + the VMs' base RTT (1-5 ms, more when busy)
+            assert 2 * delay_ms - 0.2 <= peer["rtt_min_ms"] <= 2 * delay_ms + 8, peer
             assert peer["rtt_median_ms"] <= 2 * delay_ms + 15, peer
             assert peer["rate_mbit"] <= rate_mbit * 1.05, peer
             if reach:
