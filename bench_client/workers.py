@@ -43,9 +43,10 @@ class Task:
 def _load_model(spec: WorkerSpec, index: int):
     import torch
 
-    from bench_client import compat
+    from bench_client import compat, failover
 
     compat.apply()
+    failover.apply()  # reroute to a replica when a server dies mid-run
     from petals import DistributedBloomConfig, DistributedBloomForCausalLM
 
     config = DistributedBloomConfig.from_pretrained(spec.model_dir)

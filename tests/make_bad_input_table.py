@@ -1,0 +1,227 @@
+"""Write docs/bad-inputs.md: every bad input the harness is tested with, run for real, and the exact
+message it shows. The cases come from the tests that check them (their parametrize lists and case
+tables, not copies) plus a few of this module's own (launchers, swarm CLI, firewall role).
+
+    .venv/bin/python tests/make_bad_input_table.py            # all cases (Ansible ones take minutes)
+    .venv/bin/python tests/make_bad_input_table.py --out /tmp/bad-inputs.md
+
+tests/test_bad_inputs.py checks that the committed table lists every case with its expected text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+DOC = ROOT / "docs" / "bad-inputs.md"
+PUBLIC_PEER = "/dns/bootstrap1.petals.dev/tcp/31337/p2p/QmedTaZXmULqwspJXz44SsPZyTNKxhnnFvYRajfH7MGhCY"
+
+
+@dataclass
+class Case:
+    area: str
+    key: str  # unique, stable: the row's id in the document
+    shown: str  # the bad input as a user would type it
+    expected: str  # the text the checking test asserts is in the message
+    test: str  # the test that checks it
+    run: Callable[[Path], tuple[int, str]]  # -> (exit code, message), in a fresh temporary directory
+
+
+def _marks(function) -> list:
+    (mark,) = [m for m in function.pytestmark if m.name == "parametrize"]
+    return mark.args[1]
+
+
+def _error_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if "error" in line.lower()]
+    return lines[-1] if lines else text.strip().splitlines()[-1] if text.strip() else ""
+
+
+def _cli(module: str, argv: list[str], timeout: float = 180) -> Callable[[Path], tuple[int, str]]:
+    def run(workdir: Path) -> tuple[int, str]:
+        argv_here = [a.replace("{tmp}", str(workdir)) for a in argv]
+        result = subprocess.run([sys.executable, "-m", module, *argv_here], capture_output=True, text=True,
+                                timeout=timeout, cwd=workdir)
+        return result.returncode, _error_line(result.stderr)
+    return run
+
+
+def engine_cases() -> list[Case]:
+    import test_engine_units as units
+
+    cases = []
+    for args, message in _marks(units.test_client_refuses_bad_input_before_connecting):
+        argv = ["--initial_peers", units.PEER, "--prefix", "netbench/tiny", "--output", "{tmp}/out.tsv", *args]
+        cases.append(Case("bench_client (client CLI)", "client " + " ".join(args), " ".join(args), message,
+                          "test_engine_units.py::test_client_refuses_bad_input_before_connecting",
+                          _cli("bench_client", argv)))
+    for args, message in _marks(units.test_server_refuses_bad_input):
+        base = ["--model", "netbench/tiny"] + ([] if "--initial-peers" in args else ["--initial-peers", units.PEER])
+        cases.append(Case("bench_client.server", "server " + " ".join(args), " ".join(args), message,
+                          "test_engine_units.py::test_server_refuses_bad_input", _cli("bench_client.server",
+                                                                                      base + list(args))))
+    return cases
+
+
+def own_cli_cases() -> list[Case]:
+    """Refusals checked by tests/test_bad_inputs.py itself (nothing else covers them)."""
+    test = "test_bad_inputs.py::test_launchers_refuse"
+    return [
+        Case("bench_client.dht", "dht --initial-peers public", f"--initial-peers {PUBLIC_PEER}",
+             "is a public Petals bootstrap peer", test,
+             _cli("bench_client.dht", ["--address-file", "{tmp}/dht.maddrs", "--initial-peers", PUBLIC_PEER])),
+        Case("bench_client.dht", "dht --port and --host-maddrs", "--port 31337 --host-maddrs /ip4/127.0.0.1/tcp/1",
+             "use either --port or --host-maddrs", test,
+             _cli("bench_client.dht", ["--address-file", "{tmp}/dht.maddrs", "--port", "31337", "--host-maddrs",
+                                       "/ip4/127.0.0.1/tcp/1"])),
+        Case("bench_client.swarm", "swarm info public peer", f"info --initial-peers {PUBLIC_PEER}",
+             "is a public Petals bootstrap peer", test,
+             _cli("bench_client.swarm", ["info", "--initial-peers", PUBLIC_PEER, "--model", "netbench/tiny"])),
+        Case("bench_client.swarm", "swarm info unknown model", "info --model facebook/opt-9000",
+             "unknown model 'facebook/opt-9000'", test,
+             _cli("bench_client.swarm", ["info", "--initial-peers", "/ip4/127.0.0.1/tcp/9/p2p/"
+                                         "12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9",
+                                         "--model", "facebook/opt-9000"])),
+        Case("bench_client (client CLI)", "client --max-retries 0", "--max-retries 0",
+             "argument --max-retries: must be >= 1, got 0", test,
+             _cli("bench_client", ["--initial_peers", "/ip4/127.0.0.1/tcp/9/p2p/"
+                                   "12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9", "--prefix", "netbench/tiny",
+                                   "--output", "{tmp}/out.tsv", "--max-retries", "0"])),
+    ]
+
+
+def report_cases() -> list[Case]:
+    import test_report as report
+
+    def runner(make) -> Callable[[Path], tuple[int, str]]:
+        def run(workdir: Path) -> tuple[int, str]:
+            root, _ = make(workdir / "results")
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = report.run_report(root, "--out", workdir / "report")
+            return code, _error_line(err.getvalue()).replace(str(workdir) + "/", "")
+        return run
+
+    return [Case("report (TSV/JSONL handed to python -m bench_client.report)", f"report {name}", name, expected,
+                 "test_report.py::test_bad_input_gets_one_line_naming_file_and_line_and_writes_nothing",
+                 runner(make)) for name, (make, expected) in report.BAD_INPUTS.items()]
+
+
+def preflight_cases() -> list[Case]:
+    import test_ansible_preflight as preflight
+    from bench_client.runner import run_experiment
+
+    def runner(extravars: dict, variant: str | None) -> Callable[[Path], tuple[int, str]]:
+        def run(workdir: Path) -> tuple[int, str]:
+            inventory = (preflight.write_inventory(workdir / "hosts.yml", variant) if variant
+                         else ROOT / "inventory" / "local" / "hosts.yml")
+            result = run_experiment(inventory=inventory, tags="provision", out=io.StringIO(),
+                                    extravars={**extravars, "netbench_workdir": str(workdir / "work"),
+                                               "results_dir": str(workdir / "results")})
+            message = " | ".join(f.message for f in result.failures)
+            assert not (workdir / "work").exists(), "a host was changed before the refusal"
+            return result.rc, message
+        return run
+
+    cases = []
+    for name, (extravars, variant, expected) in preflight.CASES.items():
+        shown = (f"inventory without group {variant!r}" if variant == "servers" else
+                 "inventory with an empty group 'clients'" if variant else
+                 "-e '" + " ".join(f"{k}={v}" for k, v in extravars.items()) + "'")
+        cases.append(Case("Ansible experiment (inventory and extra vars, site.yml pre-flight)", f"ansible {name}",
+                          shown, expected, "test_ansible_preflight.py::test_refused_before_any_host_changes",
+                          runner(extravars, variant)))
+    return cases
+
+
+def firewall_cases() -> list[Case]:
+    """The swarm_firewall role's refusals, run in a throwaway network namespace (root)."""
+    import test_swarm_firewall as firewall
+
+    def runner(extra: str) -> Callable[[Path], tuple[int, str]]:
+        def run(workdir: Path) -> tuple[int, str]:
+            ns = f"nbbad{os.getpid() % 100000}"
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            try:
+                rc, _, out = firewall.apply_role({"host": ns, "dir": workdir}, "present", "-e", extra)
+            finally:
+                subprocess.run(["ip", "netns", "del", ns], check=False)
+            lines = [line.strip() for line in out.splitlines() if "swarm_firewall:" in line or "value of" in line]
+            return rc, lines[0] if lines else ""
+        return run
+
+    test = "test_swarm_firewall.py::test_port_zero_and_no_allowed_address_are_refused"
+    return [
+        Case("swarm_firewall role (extra vars)", "firewall port 0", '-e \'{"swarm_firewall_ports": [0]}\'',
+             "needs at least one TCP port in 1-65535", test, runner('{"swarm_firewall_ports": [0]}')),
+        Case("swarm_firewall role (extra vars)", "firewall bad prefix",
+             '-e \'{"swarm_firewall_allowed_addresses": ["10.231.1.2/99"]}\'', "Prefix length 99 is invalid", test,
+             runner('{"swarm_firewall_allowed_addresses": ["10.231.1.2/99"]}')),
+    ]
+
+
+def all_cases(ansible: bool = True) -> list[Case]:
+    cases = engine_cases() + own_cli_cases() + report_cases()
+    if ansible:
+        cases += preflight_cases() + firewall_cases()
+    return cases
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").strip() or "(none)"
+
+
+def render(results: list[tuple[Case, int, str]]) -> str:
+    out = [textwrap.dedent("""\
+        # Bad inputs and the messages they get
+
+        Generated by `tests/make_bad_input_table.py` from real runs (do not edit by hand): each bad input
+        was given to the real command, playbook or report, and the message column is what it printed.
+        Every one is refused before any host is changed or any file is written. The "checked by" test
+        asserts the expected text; `tests/test_bad_inputs.py` checks that this table is complete.
+        """)]
+    area = None
+    for case, code, message in results:
+        if case.area != area:
+            area = case.area
+            out.append(f"\n## {area}\n\n| id | bad input | exit | message shown | checked by |\n|---|---|---|---|---|")
+        out.append(f"| `{_cell(case.key)}` | `{_cell(case.shown)}` | {code} | {_cell(message)} | {case.test} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=DOC)
+    p.add_argument("--no-ansible", action="store_true", help="leave out the Ansible and firewall cases (no root)")
+    args = p.parse_args(argv)
+    if not args.no_ansible and os.geteuid() != 0:
+        p.error("the firewall cases need root (network namespaces); use --no-ansible")
+    results, wrong = [], []
+    for case in all_cases(ansible=not args.no_ansible):
+        with tempfile.TemporaryDirectory(prefix="badinput-") as tmp:
+            code, message = case.run(Path(tmp))
+        print(f"{code:>3}  {case.key}: {message[:150]}", file=sys.stderr, flush=True)
+        if code == 0 or case.expected not in message:
+            wrong.append(f"{case.key}: exit {code}, expected {case.expected!r} in {message!r}")
+        results.append((case, code, message))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(results))
+    for line in wrong:
+        print(f"NOT REFUSED AS EXPECTED: {line}", file=sys.stderr)
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
