@@ -10,7 +10,12 @@ What broke, and when each piece can go:
 2. ``petals.utils.version.validate_version`` asks PyPI for the latest version, with no timeout,
    before every server starts: on an offline GPU host behind a dropping firewall start-up stalls,
    and a private experiment must not talk to the internet at all. Always disabled here.
-3. Closing a server inference session can raise BrokenPipeError, which petals swallows while the
+3. petals imports bitsandbytes in every server (petals.utils.peft, for LoRA adapters) even in
+   float16. bitsandbytes 0.41.1 (the last release petals' peft 0.5.0 works with) raises at import on
+   CUDA 13 hosts ("CUDA Setup failed"), or is absent. When it cannot be imported we register a
+   placeholder whose quantised layers refuse to be built; int8/nf4 are then refused up front
+   (``bitsandbytes_error``). Remove when petals imports bitsandbytes lazily.
+4. Closing a server inference session can raise BrokenPipeError, which petals swallows while the
    session stays "open"; the interpreter then hangs at exit (~3 in 55 client runs). We mark the
    session closed in a ``finally``. Remove when petals fixes ``_ServerInferenceSession.close``.
 """
@@ -18,7 +23,11 @@ What broke, and when each piece can go:
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import os
+import sys
+import types
+import warnings
 
 # Names petals 2.2.0.post1 imports from the top-level ``hivemind`` package, and where they live now.
 _HIVEMIND_NAMES: dict[str, str] = {
@@ -43,6 +52,36 @@ _HIVEMIND_NAMES: dict[str, str] = {
 }
 
 _applied = False
+bitsandbytes_error: str | None = None  # why bitsandbytes is unusable here, if it is
+
+
+def _bitsandbytes_or_placeholder() -> None:
+    global bitsandbytes_error
+    try:
+        import bitsandbytes  # noqa: F401
+
+        return
+    except Exception as exc:  # ImportError, or RuntimeError from its CUDA setup
+        bitsandbytes_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+    for name in [n for n in sys.modules if n == "bitsandbytes" or n.startswith("bitsandbytes.")]:
+        del sys.modules[name]
+    import torch
+
+    message = f"bitsandbytes is unusable on this host ({bitsandbytes_error}); use float16/bfloat16/float32"
+
+    class _Unavailable(torch.nn.Linear):
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(message)
+
+    placeholder = types.ModuleType("bitsandbytes")
+    placeholder.__spec__ = importlib.machinery.ModuleSpec("bitsandbytes", loader=None)
+    placeholder.__version__ = "0+unavailable"
+    nn = types.ModuleType("bitsandbytes.nn")
+    nn.Linear8bitLt = type("Linear8bitLt", (_Unavailable,), {})
+    nn.Linear4bit = type("Linear4bit", (_Unavailable,), {})
+    placeholder.nn = nn
+    sys.modules["bitsandbytes"] = placeholder
+    sys.modules["bitsandbytes.nn"] = nn
 
 
 def _offline_environment() -> None:
@@ -97,6 +136,9 @@ def apply() -> None:
     if _applied:
         return
     _offline_environment()
+    # transformers 4.34 on torch >= 2.2 warns once per process about a renamed pytree helper
+    warnings.filterwarnings("ignore", message=".*_register_pytree_node.*", category=FutureWarning)
+    _bitsandbytes_or_placeholder()
     _reexport_hivemind_names()
     _disable_version_check()
     _close_sessions_even_on_broken_pipe()

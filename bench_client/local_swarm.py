@@ -78,11 +78,25 @@ class LocalSwarm:
                                  "--host-maddrs", LOOPBACK, "--num-handlers", str(num_handlers), *extra])
 
     def wait_served(self, model: str, timeout: float = 120.0) -> None:
-        result = self.run_module(["bench_client.swarm", "wait", "--initial-peers", *self.initial_peers,
-                                  "--model", model, "--timeout", str(timeout)], timeout=timeout + 60)
-        if result.returncode != 0:
+        """Wait until every block is served; fail at once, with its log, if a server dies meanwhile."""
+        waiter = subprocess.Popen([PYTHON, "-m", "bench_client.swarm", "wait", "--initial-peers", *self.initial_peers,
+                                   "--model", model, "--timeout", str(timeout)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=self.workdir, env=self.env,
+                                  start_new_session=True)
+        try:
+            while waiter.poll() is None:
+                dead = [m for m in self.processes if m.process.poll() is not None]
+                if dead:
+                    logs = "\n".join(f"--- {m.name} (exit {m.process.returncode})\n{m.tail()}" for m in dead)
+                    raise RuntimeError(f"a swarm process exited while waiting for {model}:\n{logs}")
+                time.sleep(0.5)
+        finally:
+            if waiter.poll() is None:
+                os.killpg(waiter.pid, signal.SIGKILL)
+            _, stderr = waiter.communicate()
+        if waiter.returncode != 0:
             logs = "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.processes)
-            raise RuntimeError(f"swarm not ready: {result.stderr[-2000:]}\n{logs}")
+            raise RuntimeError(f"swarm not ready: {stderr[-2000:]}\n{logs}")
 
     def run_module(self, args: list[str], timeout: float = 600.0) -> subprocess.CompletedProcess:
         """Run ``python -m ...`` in its own process group and check that the group is empty afterwards:

@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = prepare_model_dir(spec, args)
 
     compat.apply()
+    if args.dtype in CUDA_ONLY_DTYPES and compat.bitsandbytes_error:
+        fail(f"--dtype {args.dtype} needs bitsandbytes, which is unusable here ({compat.bitsandbytes_error}); "
+             "use float16 or bfloat16")
     import petals.cli.run_server as run_server
 
     if args.weights == "dummy":

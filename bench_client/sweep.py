@@ -20,15 +20,16 @@ class SweepPoint:
 
 
 def parse_token_sweep(text: str, model: str) -> range | None:
-    """'auto' (the original: 0..32 for OPT-30B only), 'none', or START:STOP (STOP exclusive)."""
+    """'auto' (the original: 0..32 for OPT-30B only), 'none', or START:STOP[:STEP] (STOP exclusive)."""
     if text == "none":
         return None
     if text == "auto":
         return ORIGINAL_TOKEN_SWEEP if model == TOKEN_SWEEP_MODEL else None
-    match = re.fullmatch(r"(\d+):(\d+)", text)
-    if not match or int(match[1]) >= int(match[2]):
-        raise ValueError(f"--token-sweep {text!r} must be auto, none or START:STOP with START < STOP, e.g. 0:33")
-    return range(int(match[1]), int(match[2]))
+    match = re.fullmatch(r"(\d+):(\d+)(?::(\d+))?", text)
+    if not match or int(match[1]) >= int(match[2]) or match[3] == "0":
+        raise ValueError(f"--token-sweep {text!r} must be auto, none or START:STOP[:STEP] with START < STOP, "
+                         "e.g. 0:33 or 0:33:4")
+    return range(int(match[1]), int(match[2]), int(match[3] or 1))
 
 
 def build_sweep(prompt_lengths: list[int], new_tokens: int, token_sweep: range | None,
