@@ -209,3 +209,22 @@ def test_server_refuses_bad_input(args, message):
                             text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+def test_unusable_bitsandbytes_gets_a_placeholder_and_quantisation_is_refused(tmp_path):
+    # what bitsandbytes 0.41.1 does on a CUDA 13 host: raise at import
+    fake = tmp_path / "bitsandbytes"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('CUDA Setup failed despite GPU being available.')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    probe = ("from bench_client import compat; compat.apply(); import petals.utils.peft, bitsandbytes; "
+             "print(bitsandbytes.__version__, '|', compat.bitsandbytes_error)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "0+unavailable | RuntimeError: CUDA Setup failed" in result.stdout
+    refused = subprocess.run([sys.executable, "-m", "bench_client.server", "--model", "netbench/tiny",
+                              "--initial-peers", PEER, "--block-indices", "0:2", "--dtype", "nf4", "--device", "cuda"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2
+    # without a GPU here the device check answers first; with one, the bitsandbytes check would
+    assert "no usable CUDA GPU" in refused.stderr or "needs bitsandbytes, which is unusable" in refused.stderr
