@@ -28,7 +28,7 @@ timer_pid() {  # the running timer's pid, or nothing (a stale or reused pid is i
 
 disarm() {
   pid=$(timer_pid)
-  [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null && echo "disarmed timer $pid"
+  [ -n "$pid" ] && kill -s TERM -- "-$pid" 2>/dev/null && echo "disarmed timer $pid"
   rm -f "$pidfile"
 }
 
@@ -163,7 +163,7 @@ case $cmd in
     exit 0
     ;;
   unserve)
-    pid=$(cat "$dir/iperf3.pid" 2>/dev/null) && kill -TERM -- "-$pid" 2>/dev/null
+    pid=$(cat "$dir/iperf3.pid" 2>/dev/null) && kill -s TERM -- "-$pid" 2>/dev/null
     rm -f "$dir/iperf3.pid"
     exit 0
     ;;
