@@ -5,14 +5,17 @@
 * the only server of the blocks killed mid-sweep: the configuration fails with a clear error after
   ``--max-retries``, rows already measured are kept, the JSONL records the failure, exit code 5,
   and a rerun once a server is back measures exactly the missing rows;
-* the DHT node restarted (same identity, same port): the servers re-announce and a new client
-  finds every block; the identity keys are private and no key or key path reaches the results.
+* the DHT node restarted (same identity, same port) after being down longer than the servers'
+  update period: restarted alone it is orphaned (the servers dropped it from their routing tables,
+  a new client sees no server); restarted with a server as its initial peer it rejoins and a new
+  client finds every block. The identity keys are private; no key or key path reaches the results.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -215,12 +218,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_dht_at(swarm: LocalSwarm, port: int, identity: Path) -> Managed:
+def start_dht_at(swarm: LocalSwarm, port: int, identity: Path, *extra: str) -> Managed:
     swarm.address_file = swarm.workdir / "dht.maddrs"
     swarm.address_file.unlink(missing_ok=True)
     dht = swarm.start(f"dht-{len(swarm.processes)}", [
         "-m", "bench_client.dht", "--address-file", str(swarm.address_file),
-        "--host-maddrs", f"/ip4/127.0.0.1/tcp/{port}", "--identity-path", str(identity)])
+        "--host-maddrs", f"/ip4/127.0.0.1/tcp/{port}", "--identity-path", str(identity), *extra])
     deadline = time.monotonic() + 90
     while not swarm.address_file.exists():
         assert dht.process.poll() is None and time.monotonic() < deadline, f"DHT did not start:\n{dht.tail()}"
@@ -247,13 +250,26 @@ def test_dht_restart_keeps_the_swarm_and_keys_stay_private(swarm, tmp_path):
     assert_private(dht_key)
     assert_private(server_key)
 
+    # Down longer than the servers' update period: their announces fail meanwhile, and hivemind drops
+    # the DHT from their routing tables for good. Restarted alone, the DHT knows nobody: orphaned.
     swarm.stop(dht)
-    restarted_at = time.monotonic()
-    start_dht_at(swarm, port, dht_key)
+    time.sleep(15)
+    dht = start_dht_at(swarm, port, dht_key)
     assert swarm.initial_peers == before, "same identity and port give the same multiaddr"
+    orphaned = swarm_info(swarm)
+    print(f"DHT restarted alone after 15 s down: {orphaned['num_online_servers']} servers visible")
+    assert orphaned["num_online_servers"] == 0 and orphaned["missing_blocks"] == [0, 1, 2, 3]
+
+    # Restarted with a server as its initial peer (what the petals_dht role must do on a restart),
+    # the DHT rejoins the swarm and every block is found again.
+    swarm.stop(dht)
+    server_maddr = re.search(r"Running a server on \['([^']+)'", swarm.processes[1].log.read_text()).group(1)
+    restarted_at = time.monotonic()
+    start_dht_at(swarm, port, dht_key, "--initial-peers", server_maddr)
+    assert swarm.initial_peers == before
     info = wait_online_servers(swarm, 2, timeout=90)
     found_after = time.monotonic() - restarted_at
-    print(f"restarted DHT serves all blocks again {found_after:.1f} s after the restart")
+    print(f"DHT restarted with a server as initial peer serves all blocks again {found_after:.1f} s after the restart")
     assert sorted((s["start_block"], s["end_block"]) for s in info["servers"]) == [(0, 2), (2, 4)]
 
     out = tmp_path / "after-restart.tsv"
