@@ -43,10 +43,9 @@ class Task:
 def _load_model(spec: WorkerSpec, index: int):
     import torch
 
-    from bench_client import compat, failover
+    from bench_client import compat
 
-    compat.apply()
-    failover.apply()  # reroute to a replica when a server dies mid-run
+    compat.apply()  # includes the failover fixes: reroute to a replica when a server dies mid-run
     from petals import DistributedBloomConfig, DistributedBloomForCausalLM
 
     config = DistributedBloomConfig.from_pretrained(spec.model_dir)
