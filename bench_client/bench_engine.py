@@ -41,30 +41,34 @@ def bench_tiny(args: argparse.Namespace) -> dict:
             swarm.start_server("server-b", model, "2:4")
             swarm.wait_served(model)
             swarm_s = time.monotonic() - t0
-            out = Path(tmp) / "out.tsv"
-            cpu_before, wall_before = children_cpu_seconds(), time.monotonic()
-            result = swarm.run_module(["bench_client", "--initial_peers", *swarm.initial_peers, "--prefix", model,
-                                       "-b", "1", "--num-micro-batches", "2", "--num-processes", "2",
-                                       "--output", str(out), "--prompt-lengths", "16",
-                                       "--new-tokens", str(args.new_tokens), "--token-sweep", "none"])
-            client_cpu = children_cpu_seconds() - cpu_before
-            client_wall = time.monotonic() - wall_before
-            if result.returncode != 0:
-                raise SystemExit(f"client failed:\n{result.stderr[-3000:]}")
-            (meta,) = read_metadata(out.with_suffix(".jsonl"))
+            runs = []
+            # two runs that differ only in new tokens: the difference of their CPU time is the
+            # client's marginal cost per decode step, without process start-up and model construction
+            for new_tokens in (args.new_tokens, 4 * args.new_tokens):
+                out = Path(tmp) / f"out-{new_tokens}.tsv"
+                cpu_before, wall_before = children_cpu_seconds(), time.monotonic()
+                result = swarm.run_module(["bench_client", "--initial_peers", *swarm.initial_peers, "--prefix",
+                                           model, "-b", "1", "--num-micro-batches", "2", "--num-processes", "2",
+                                           "--output", str(out), "--prompt-lengths", "16",
+                                           "--new-tokens", str(new_tokens), "--token-sweep", "none"])
+                if result.returncode != 0:
+                    raise SystemExit(f"client failed:\n{result.stderr[-3000:]}")
+                (meta,) = read_metadata(out.with_suffix(".jsonl"))
+                runs.append((children_cpu_seconds() - cpu_before, time.monotonic() - wall_before, meta))
         finally:
             swarm.stop_all()
-    # every generate() step of every call, warm-ups included (1 token each), is client work
-    calls = meta["num_processes"] * meta["num_micro_batches"]
-    steps = calls * meta["new_tokens"] + meta["num_processes"]
+    (cpu_a, wall_a, meta_a), (cpu_b, _, meta_b) = runs
+    calls = meta_a["num_processes"] * meta_a["num_micro_batches"]
+    extra_steps = calls * (meta_b["new_tokens"] - meta_a["new_tokens"])
+    marginal = (cpu_b - cpu_a) / extra_steps
+    step = meta_b["per_token_latency_s"]
     return {
         "dht_startup_s": round(dht_s, 2), "swarm_startup_s": round(swarm_s, 2),
-        "tokens_per_s_swarm": round(meta["total_throughput"], 2),
-        "decode_step_s": round(meta["per_token_latency_s"], 4),
-        "client_wall_s": round(client_wall, 1),
-        "client_cpu_s_total": round(client_cpu, 1),
-        "client_cpu_s_per_step": round(client_cpu / steps, 4),
-        "note": "client CPU includes process start-up and model construction of every client process",
+        "tokens_per_s_swarm": round(meta_b["total_throughput"], 2),
+        "decode_step_s": round(step, 4),
+        "client_wall_s": round(wall_a, 1), "client_cpu_s": round(cpu_a, 1),
+        "client_cpu_s_per_decode_step": round(marginal, 4),
+        "client_cpu_share_of_step": round(marginal / step, 3),
     }
 
 
