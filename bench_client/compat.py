@@ -30,6 +30,7 @@ What broke, and when each piece can go:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import os
@@ -66,8 +67,9 @@ bitsandbytes_error: str | None = None  # why bitsandbytes is unusable here, if i
 def _bitsandbytes_or_placeholder() -> None:
     global bitsandbytes_error
     try:
-        import bitsandbytes  # noqa: F401
-
+        # bitsandbytes prints its CUDA diagnostics to stdout, which carries JSON for some of our CLIs
+        with contextlib.redirect_stdout(sys.stderr):
+            import bitsandbytes  # noqa: F401
         return
     except Exception as exc:  # ImportError, or RuntimeError from its CUDA setup
         bitsandbytes_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"

@@ -159,11 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         spec = get_model(args.model)
         peers = resolve_initial_peers(args.initial_peers)
+    except ValueError as exc:  # bad input (PeerError included): exit 2
+        fail(str(exc))
+    try:
         dht = connect(peers, args.connect_timeout)
     except PeerError as exc:
         fail(str(exc), EXIT_UNREACHABLE)
-    except ValueError as exc:
-        fail(str(exc))
     try:
         if args.command == "info":
             view = inspect(dht, spec)
