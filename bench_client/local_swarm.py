@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from bench_client import daemon
+
 PYTHON = sys.executable
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
@@ -120,18 +122,8 @@ class LocalSwarm:
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def stop(self, managed: Managed, timeout: float = 15.0) -> None:
-        """SIGTERM the process group, SIGKILL it if still there after ``timeout``."""
-        pgid = managed.process.pid
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and group_members(pgid):
-                time.sleep(0.2)
-            if not group_members(pgid):
-                break
+        """SIGTERM the process group (and helpers that left it), SIGKILL what is left after ``timeout``."""
+        daemon.terminate(managed.process.pid, timeout=timeout)
         managed.process.wait(timeout=5)
 
     def stop_all(self) -> None:
@@ -144,26 +136,14 @@ class LocalSwarm:
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
+    """Live members of a process group (bench_client.daemon's scan), as psutil objects for the tests."""
     members = []
-    for proc in psutil.process_iter(["pid"]):
+    for pid in daemon.group_members(pgid):
         try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                members.append(proc)
-        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
-            continue
-    return members
-
-
-def descendants_matching(marker: str) -> list[psutil.Process]:
-    """Processes whose command line mentions ``marker`` (used only to ASSERT nothing is left, never to kill)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if marker in " ".join(proc.info["cmdline"] or []):
-                found.append(proc)
+            members.append(psutil.Process(pid))
         except psutil.NoSuchProcess:
             continue
-    return found
+    return members
 
 
 def main(argv: list[str] | None = None) -> int:
