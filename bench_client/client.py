@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench_client import environment
 from bench_client.metrics import GenerateTiming, summarize
-from bench_client.models import UnknownModelError, get_model
+from bench_client.models import UnknownModelError, get_model, write_model_dir
 from bench_client.peers import PeerError, resolve_initial_peers
 from bench_client.processes import fail
 from bench_client.results import ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
@@ -135,6 +135,8 @@ def now_iso() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if Path(args.output).is_dir():
+        fail(f"--output {args.output} is a directory; give a file name such as out_30b.tsv")
     try:
         spec = get_model(args.prefix)
         peers = resolve_initial_peers(args.initial_peers)
@@ -144,8 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         done = writer.done(args.batch_size, args.num_micro_batches, args.num_processes)
     except (UnknownModelError, PeerError, ValueError) as exc:  # ResultsFileError is a ValueError
         fail(str(exc))
-    if Path(args.output).is_dir():
-        fail(f"--output {args.output} is a directory; give a file name such as out_30b.tsv")
     extra = load_extra_metadata(args.extra_metadata)
     todo = remaining(points, done)
     if not todo:
@@ -177,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         **extra,
     }
     model_dir = DEFAULT_MODELS_DIR / f"client--{spec.dht_prefix.replace('/', '--')}"
-    from bench_client.models import write_model_dir
-
     worker_spec = WorkerSpec(model_dir=str(write_model_dir(spec, model_dir)), dht_prefix=spec.dht_prefix,
                              initial_peers=tuple(peers), vocab=spec.vocab, device=device, dtype=args.client_dtype,
                              seed=args.seed, request_timeout=args.request_timeout,

@@ -81,13 +81,13 @@ class SwarmView:
 
 def format_ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5] -> '0:3, 5:6' (petals' START:END notation)."""
-    ranges: list[str] = []
+    spans: list[list[int]] = []
     for i in sorted(indices):
-        if ranges and int(ranges[-1].split(":")[1]) == i:
-            ranges[-1] = f"{ranges[-1].split(':')[0]}:{i + 1}"
+        if spans and spans[-1][1] == i:
+            spans[-1][1] = i + 1
         else:
-            ranges.append(f"{i}:{i + 1}")
-    return ", ".join(ranges)
+            spans.append([i, i + 1])
+    return ", ".join(f"{start}:{end}" for start, end in spans)
 
 
 def connect(initial_peers: list[str], timeout: float = 30.0):

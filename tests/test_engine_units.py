@@ -228,3 +228,11 @@ def test_unusable_bitsandbytes_gets_a_placeholder_and_quantisation_is_refused(tm
     assert refused.returncode == 2
     # without a GPU here the device check answers first; with one, the bitsandbytes check would
     assert "no usable CUDA GPU" in refused.stderr or "needs bitsandbytes, which is unusable" in refused.stderr
+
+
+def test_client_refuses_a_directory_as_output(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench_client", "--initial_peers", PEER, "--prefix", "netbench/tiny",
+                             "--output", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"--output {tmp_path} is a directory" in result.stderr
+    assert list(tmp_path.iterdir()) == []
