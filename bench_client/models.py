@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_client.processes import write_atomically
+
 VOCAB_SIZE = 50272  # OPT's vocabulary, used by every model here (as in the paper's fork)
 
 # Weight formats a server can use: name -> (torch compute dtype, petals quant_type, bytes per weight)
@@ -152,7 +154,5 @@ def write_model_dir(spec: ModelSpec, directory: str | Path) -> Path:
     config_file = path / "config.json"
     text = json.dumps(spec.bloom_config(), indent=2, sort_keys=True) + "\n"
     if not config_file.exists() or config_file.read_text() != text:
-        tmp = config_file.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(config_file)
+        write_atomically(config_file, text)  # servers started together may write the same folder
     return path

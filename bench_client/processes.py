@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 
 def exit_on_sigterm() -> None:
@@ -29,7 +30,7 @@ def write_atomically(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def fail(message: str, code: int = 2) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def fail(message: str, code: int = 2) -> NoReturn:
     """One-line error for users, non-zero exit."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
