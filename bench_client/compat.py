@@ -26,6 +26,14 @@ What broke, and when each piece can go:
 5. Closing a server inference session can raise BrokenPipeError, which petals swallows while the
    session stays "open"; the interpreter then hangs at exit (~3 in 55 client runs). We mark the
    session closed in a ``finally``. Remove when petals fixes ``_ServerInferenceSession.close``.
+6. transformers' ``build_alibi_tensor`` (4.34, used by petals' BLOOM block for every block at every
+   step) makes its slope bases with ``torch.tensor(x, device=cuda)``: a blocking host-to-device copy,
+   two per block per step for OPT's 56 or 96 heads. Each one stalls the server's runtime thread until
+   the GPU has drained its queue, so Python never runs ahead of the GPU (profiled on an H200: 69 % of a
+   server's samples wait there, docs/results/gpu/). We compute the slopes once per head count and
+   device and keep them there; the result is bit-identical (tests/test_engine_units.py).
+   NETBENCH_UPSTREAM_ALIBI=1 keeps the upstream function (for A/B measurements). Remove when petals
+   moves to a transformers whose BLOOM no longer copies scalars to the device per call.
 """
 
 from __future__ import annotations
@@ -190,6 +198,34 @@ def _route_around_failed_servers() -> None:
     InferenceSession._enter_server_sessions = _enter_server_sessions
 
 
+def _alibi_slopes_once_per_device() -> None:
+    if os.environ.get("NETBENCH_UPSTREAM_ALIBI") == "1":
+        return
+    import torch
+    from transformers.models.bloom import modeling_bloom
+
+    upstream = modeling_bloom.build_alibi_tensor
+    slopes_cache: dict[tuple[int, str], torch.Tensor] = {}
+
+    def slopes(num_heads: int, device: torch.device) -> torch.Tensor:
+        key = (num_heads, str(device))
+        if key not in slopes_cache:  # upstream's own formula, run once on the device: position 1 = the slope
+            ones = torch.ones((1, 2), dtype=torch.float32, device=device)
+            slopes_cache[key] = upstream(ones, num_heads, torch.float32).reshape(num_heads, 2)[:, 1:].clone()
+        return slopes_cache[key]
+
+    def build_alibi_tensor(attention_mask: torch.Tensor, num_heads: int, dtype: torch.dtype) -> torch.Tensor:
+        batch_size, seq_length = attention_mask.shape
+        arange_tensor = ((attention_mask.cumsum(dim=-1) - 1) * attention_mask)[:, None, :]
+        alibi = slopes(num_heads, attention_mask.device) * arange_tensor
+        return alibi.reshape(batch_size * num_heads, 1, seq_length).to(dtype)
+
+    from petals.models.bloom import block  # imported the function by name: patch that reference too
+
+    modeling_bloom.build_alibi_tensor = build_alibi_tensor
+    block.build_alibi_tensor = build_alibi_tensor
+
+
 def apply() -> None:
     """Make ``import petals`` work and behave in a private, offline swarm. Idempotent."""
     global _applied
@@ -204,4 +240,5 @@ def apply() -> None:
     _close_sessions_even_on_broken_pipe()
     _recover_server_sessions()
     _route_around_failed_servers()
+    _alibi_slopes_once_per_device()
     _applied = True

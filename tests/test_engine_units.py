@@ -236,3 +236,29 @@ def test_client_refuses_a_directory_as_output(tmp_path):
     assert result.returncode == 2
     assert f"--output {tmp_path} is a directory" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_alibi_workaround_is_bit_identical_to_upstream_and_used_by_the_petals_block():
+    """compat item 6: slopes computed once per device instead of per call; same numbers, bit for bit."""
+    probe = """
+import os, torch
+os.environ["NETBENCH_UPSTREAM_ALIBI"] = "1"
+from transformers.models.bloom import modeling_bloom
+upstream = modeling_bloom.build_alibi_tensor
+os.environ.pop("NETBENCH_UPSTREAM_ALIBI")
+from bench_client import compat
+compat.apply()
+import petals.models.bloom.block as block
+assert block.build_alibi_tensor is modeling_bloom.build_alibi_tensor is not upstream
+mask = torch.ones((3, 17))
+mask[1, :5] = 0  # left padding
+for heads in (4, 32, 56, 96, 112):  # OPT-6.7B, -30B, -175B have 32, 56, 96; 56 and 96 are not powers of two
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        ours, theirs = modeling_bloom.build_alibi_tensor(mask, heads, dtype), upstream(mask, heads, dtype)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape == (3 * heads, 1, 17)
+        assert torch.equal(ours, theirs), (heads, dtype)
+print("identical")
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("identical")
