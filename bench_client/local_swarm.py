@@ -159,13 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--servers", type=int, default=2, help="servers, each holding a contiguous span of blocks")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (all servers on it)")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="with --device cuda: spread the servers round-robin over cuda:0 .. cuda:GPUS-1")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--num-handlers", type=int, default=2)
     p.add_argument("--attn-cache-tokens", type=int, default=None,
                    help="per server (default: sized for 6 processes x batch 2 x (1024 + 32) tokens)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="a petals run_server argument for every server (repeat it), e.g. --server-arg=--num_handlers=16")
     p.add_argument("--workdir", required=True)
     p.add_argument("--timeout", type=float, default=600.0, help="bring-up timeout")
     args = p.parse_args(own)
+    if args.gpus < 1 or (args.gpus > 1 and args.device != "cuda"):
+        p.error("--gpus N (N >= 1) spreads servers over GPUs: it needs --device cuda")
     spec = get_model(args.model)
     spans = split_blocks(spec.layers, args.servers)
     cache = args.attn_cache_tokens or attention_cache_tokens(2, 6, [1024], [32])
@@ -176,20 +182,26 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         swarm.start_dht()
         dht_up = time.monotonic() - start
-        for i, (a, b) in enumerate(spans):
+        devices = [f"cuda:{i % args.gpus}" if args.gpus > 1 else args.device for i in range(len(spans))]
+        for i, ((a, b), device) in enumerate(zip(spans, devices)):
             swarm.start_server(f"server-{i}", spec.name, f"{a}:{b}", "--attn-cache-tokens", str(cache),
-                               dtype=args.dtype, device=args.device, num_handlers=args.num_handlers)
+                               *(["--", *args.server_arg] if args.server_arg else []),
+                               dtype=args.dtype, device=device, num_handlers=args.num_handlers)
         swarm.wait_served(spec.name, timeout=args.timeout)
-        bringup = {"model": spec.name, "servers": args.servers, "device": args.device, "dtype": args.dtype,
+        bringup = {"model": spec.name, "servers": args.servers, "devices": devices, "dtype": args.dtype,
+                   "server_args": args.server_arg,
                    "dht_seconds": round(dht_up, 2), "swarm_seconds": round(time.monotonic() - start, 2),
                    "attn_cache_tokens": cache, "spans": [f"{a}:{b}" for a, b in spans]}
         print(json.dumps(bringup), flush=True)
         (workdir / "bringup.json").write_text(json.dumps(bringup, indent=2) + "\n")
         if not client_args:
             return 0
-        process = subprocess.run([PYTHON, "-m", "bench_client", "--initial_peers", *swarm.initial_peers,
-                                  "--prefix", spec.name, *client_args], cwd=Path.cwd(), start_new_session=True)
-        return process.returncode
+        client = subprocess.Popen([PYTHON, "-m", "bench_client", "--initial_peers", *swarm.initial_peers,
+                                   "--prefix", spec.name, *client_args], cwd=Path.cwd(), start_new_session=True)
+        # who is who, for profilers and per-process CPU accounting while the client runs
+        pids = {m.name: m.process.pid for m in swarm.processes} | {"client": client.pid}
+        (workdir / "pids.json").write_text(json.dumps(pids, indent=2) + "\n")
+        return client.wait()
     finally:
         swarm.stop_all()
 

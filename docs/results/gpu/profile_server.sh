@@ -1,17 +1,38 @@
+#!/usr/bin/env bash
+# A sampled profile of an OPT-30B-sized swarm on one GPU at the paper workload (4 servers x 12 blocks,
+# float16, prompt 512, batch 2 x 6 client processes; 128 new tokens so that decoding lasts):
+# py-spy samples one server (with its handler subprocesses) and one client worker for 20 s while
+# nvidia-smi samples the GPU's utilisation every 200 ms and cpu_sample.py the CPU of every process.
+#   bash docs/results/gpu/profile_server.sh OUTDIR
+# Run from the repository root on the GPU host (wheels in .whl/, py-spy in .whl/tools/).
 set -u
-out=$1
+out=$1; mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 python3 -m pip install -q --no-index --no-deps --target /tmp/tools .whl/tools/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 NETBENCH_MODELS_DIR=/tmp/netbench-models
-/tmp/tools/bin/py-spy --version
-python3 -m bench_client.local_swarm --model facebook/opt-6.7b --servers 1 --device cuda --dtype float16 --num-handlers 4 \
-  --workdir /tmp/prof -- -b 2 --num-processes 6 --output /tmp/prof/out.tsv --prompt-lengths 512 --new-tokens 128 \
-  --token-sweep none --num-gpus 1 > $out/client.log 2>&1 &
-# wait until the timed calls run, then sample every process of the server for 20 s
-for i in $(seq 1 90); do grep -q "prompt" $out/client.log 2>/dev/null && break; [ -f /tmp/prof/bringup.json ] && sleep 12 && break; sleep 1; done
-ps -eo pid,pgid,pcpu,args | grep -E "bench_client.server|spawn_main" | grep -v grep | cut -c1-160 > $out/ps.txt
-srv=$(pgrep -f "bench_client.server" | head -1)
-timeout 40 /tmp/tools/bin/py-spy record --pid $srv --subprocesses --duration 20 --rate 200 --format raw -o $out/server.folded --nonblocking > $out/pyspy.log 2>&1
-timeout 40 /tmp/tools/bin/py-spy dump --pid $srv --subprocesses > $out/dump.txt 2>&1
-wait
-cp /tmp/prof/*.log $out/ 2>/dev/null; cp /tmp/prof/out.* $out/ 2>/dev/null
+work=/tmp/prof; rm -rf "$work"
+python3 -m bench_client.local_swarm --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
+  --num-handlers 4 --workdir "$work" -- -b 2 --num-processes 6 --num-micro-batches 2 --output "$work/out.tsv" \
+  --prompt-lengths 512 --new-tokens 128 --token-sweep none --num-gpus 1 > "$out/client.log" 2>&1 &
+swarm=$!
+for _ in $(seq 1 180); do [[ -s $work/pids.json ]] && break; sleep 1; done
+sleep 30  # the six clients load their embeddings and warm up; then they decode for about a minute
+pid_of() { python3 -c "import json, sys; print(json.load(open('$work/pids.json'))[sys.argv[1]])" "$1"; }
+server=$(pid_of server-1)
+worker=$(python3 -c "from bench_client import daemon; print(daemon.descendants([$(pid_of client)])[0])")
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 200 > "$out/gpu-util.csv" &
+smi=$!
+python3 docs/results/gpu/cpu_sample.py "$work/pids.json" --seconds 10 > "$out/cpu.json" &
+/tmp/tools/bin/py-spy record --pid "$server" --subprocesses --duration 20 --rate 100 --format raw --nonblocking \
+  -o "$out/server.folded" > "$out/pyspy-server.log" 2>&1 &
+spy1=$!
+/tmp/tools/bin/py-spy record --pid "$worker" --duration 20 --rate 100 --format raw --nonblocking \
+  -o "$out/client.folded" > "$out/pyspy-client.log" 2>&1 &
+spy2=$!
+wait "$spy1" "$spy2"
+kill "$smi"
+wait "$swarm"
+for part in server client; do
+  python3 docs/results/gpu/fold_summary.py "$out/$part.folded" > "$out/$part-summary.txt"
+done
+cp "$work"/*.log "$work"/out.* "$work"/bringup.json "$work"/pids.json "$out/" 2>/dev/null

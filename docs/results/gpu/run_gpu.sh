@@ -9,9 +9,10 @@ if [[ ! -d /tmp/site/petals ]]; then
 fi
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 NETBENCH_MODELS_DIR=/tmp/netbench-models
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+swarm_env=()  # VAR=VALUE for the swarm's processes
 swarm() {  # swarm NAME MODEL SERVERS -- client args...
   local name="$1" model="$2" servers="$3"; shift 3
-  python3 -m bench_client.local_swarm --model "$model" --servers "$servers" --device cuda --dtype float16 \
+  env "${swarm_env[@]}" python3 -m bench_client.local_swarm --model "$model" --servers "$servers" --device cuda --dtype float16 \
     --num-handlers 4 --workdir "/tmp/work-$name" "$@" 2>&1 | grep -vE "FutureWarning|_register_pytree_node|bloom-license" \
     | tee "$out/$name.log"
   local rc=${PIPESTATUS[0]}
@@ -38,6 +39,30 @@ case "$stage" in
     # the paper's token sweep (0..32 new tokens at prompt 512), every 4th point to fit the device budget
     swarm opt30b-b2 facebook/opt-30b 4 -- -b 2 --num-micro-batches 1 --num-processes 6 --output "$out/opt30b.tsv" \
       --token-sweep 0:33:4 --network-profile none --num-gpus 1
+    ;;
+  settings)
+    # Server and client settings at the paper workload (OPT-30B, 4 servers, 512 / 32, batch 2 x 6), one
+    # TSV per setting (the same configuration in one TSV would be resumed, not measured again).
+    # Each setting: "environment | local_swarm flags | client flags" (the last of a repeated flag wins).
+    # SETTINGS picks some: SETTINGS="baseline one-server" bash run_gpu.sh settings OUT
+    declare -A setting=(
+      [baseline]="||"
+      [upstream-alibi]="NETBENCH_UPSTREAM_ALIBI=1 ||"  # without compat's alibi workaround (item 6)
+      [client-fp16]="|| --client-dtype float16"
+      [one-server]="| --servers 1 |"
+      [handlers16]="| --num-handlers 16 |"
+      [procs12]="|| --num-processes 12"
+    )
+    for name in ${SETTINGS:-baseline client-fp16 one-server handlers16 procs12}; do
+      IFS='|' read -r env_part swarm_part client_part <<< "${setting[$name]}"
+      read -r -a swarm_env <<< "$env_part"
+      read -r -a swarm_flags <<< "$swarm_part"
+      read -r -a client_flags <<< "$client_part"
+      swarm "settings-$name" facebook/opt-30b 4 "${swarm_flags[@]}" -- -b 2 --num-micro-batches 1 \
+        --num-processes 6 --output "$out/settings-$name.tsv" --prompt-lengths 512 --new-tokens 32 \
+        --token-sweep none --network-profile none --num-gpus 1 "${client_flags[@]}" || echo "setting $name failed"
+    done
+    swarm_env=()
     ;;
   opt30b-seed)
     swarm opt30b-b1m2 facebook/opt-30b 4 -- -b 1 --num-micro-batches 2 --num-processes 6 --output "$out/opt30b.tsv" \
