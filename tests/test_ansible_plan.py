@@ -107,8 +107,11 @@ def test_namespace_hosts_of_one_machine_count_its_ram_once():
 
 
 def test_runtime_without_role_tasks():
-    assert "runtime 'docker' has no tasks" in refusal(runtimes_available=["process"],
-                                                      hosts={"a": {"runtime": "docker", "mem_kb": 16 * GIB_KB}})
+    docker_host = {"a": {"runtime": "docker", "servers": 2, "mem_kb": 16 * GIB_KB, "machine_id": "m1"}}
+    assert "runtime 'docker' has no tasks" in refusal(runtimes_available=["process"], hosts=docker_host)
+    # with the roles' tasks/docker.yml (there now: preflight_runtimes_available finds them) it is planned
+    plan = make_plan(config(runtimes_available=["process", "docker"], hosts=docker_host))
+    assert [s["name"] for s in plan["servers_by_host"]["a"]] == ["server0", "server1"]
 
 
 def test_cuda_only_dtype_on_cpu():
