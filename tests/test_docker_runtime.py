@@ -9,6 +9,8 @@ containers of the swarm image (built here from a snapshot of the source, no regi
 - `--tags cleanup` removes exactly this swarm's containers: another netbench run's container and a
   foreign one, both started by the test, survive; no process of ours is left; a second cleanup
   changes nothing.
+- GPU servers (no GPU here: a recording `docker` on PATH): each container gets only its GPU,
+  `--gpus device=N`, and the server inside uses cuda:0.
 
 The Docker engine role is skipped (--skip-tags docker): dockerd here is started by
 .ci/setup.d/40-docker.sh, not by a service manager; tests/test_provision.py tests that role.
@@ -128,3 +130,33 @@ def test_site_in_containers_idempotent_and_clean(tmp_path):
         assert again.recap["localhost"]["changed"] == 0, again.stdout[-3000:]
     finally:
         remove_containers(*swarm, other_run, foreign)
+
+
+def test_gpu_servers_are_pinned_to_their_gpu(tmp_path):
+    """No GPU here: the petals_server role runs against a recording `docker` on PATH, with a plan of two
+    GPU servers. Each container gets only its GPU (--gpus device=N) and the server inside uses cuda:0."""
+    log = tmp_path / "docker.log"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    # records every call; `container inspect` finds nothing, so each server container is started
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\n'
+                    '[ "$1 $2" = "container inspect" ] && { echo "Error: No such container: $5" >&2; exit 1; }\nexit 0\n')
+    fake.chmod(0o755)
+    workdir = tmp_path / "work"
+    (workdir / "run").mkdir(parents=True)
+    plan = {"model": "facebook/opt-30b", "dtype": "float16", "num_gpus": 2, "run_id": "gpu1",
+            "servers_by_host": {"localhost": [{"name": "server0", "span": "0:24", "device": "cuda:0", "port": 31400},
+                                              {"name": "server1", "span": "24:48", "device": "cuda:1", "port": 31401}]}}
+    playbook = tmp_path / "servers.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [petals_server]\n")
+    ansible_playbook(playbook, extra_vars={
+        "netbench_runtime": "docker", "netbench_workdir": str(workdir), "swarm_image_ref": "netbench-swarm:test",
+        "netbench_plan": plan, "petals_server_initial_peers": ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"]},
+        env={"PATH": f"{fake.parent}:{os.environ['PATH']}", "ANSIBLE_ROLES_PATH": str(REPO / "roles")}).ok()
+    runs = [line.split() for line in log.read_text().splitlines() if line.startswith("run --detach")]
+    assert len(runs) == 2, log.read_text()
+    for argv, gpu in zip(runs, ("0", "1")):
+        assert argv[argv.index("--gpus") + 1] == f"device={gpu}", argv
+        assert argv[argv.index("--device") + 1] == "cuda:0", argv  # the one GPU the container sees
+        assert "--label=netbench.run-id=gpu1" in argv and "--label=netbench.role=server" in argv, argv
+        assert argv[argv.index("--net") + 1] == "host" and argv[argv.index("--ipc") + 1] == "host", argv
