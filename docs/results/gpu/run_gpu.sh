@@ -64,6 +64,15 @@ case "$stage" in
     done
     swarm_env=()
     ;;
+  opt175b)
+    # OPT-175B in float16 (350 GB) over the 4 GPUs of one host: 4 servers x 24 blocks, server i on cuda:i
+    for setting in "-b 2 --num-micro-batches 1" "-b 1 --num-micro-batches 2"; do
+      tag=$(echo "$setting" | tr -d ' -')
+      swarm "opt175b-$tag" facebook/opt-175b 4 --gpus 4 --timeout 400 -- $setting --num-processes 6 \
+        --output "$out/opt175b.tsv" --prompt-lengths 512 --new-tokens 32 --token-sweep none --network-profile none \
+        --num-gpus 4
+    done
+    ;;
   opt30b-seed)
     swarm opt30b-b1m2 facebook/opt-30b 4 -- -b 1 --num-micro-batches 2 --num-processes 6 --output "$out/opt30b.tsv" \
       --token-sweep none --network-profile none --num-gpus 1
