@@ -44,9 +44,7 @@ def _ours(qdiscs: list[dict]) -> list[dict]:
 
 
 def _deadman_running(cluster, vm) -> bool:
-    out = cluster.ssh(vm, f"pid=$(cat /run/netem/deadman-{DATA_INTERFACE}.pid 2>/dev/null) && "
-                          "grep -qs netem-deadman /proc/$pid/cmdline && echo yes || echo no").stdout
-    return out.strip() == "yes"
+    return cluster.deadman_running(vm)
 
 
 def _run(cluster, *args, **extra_vars):

@@ -62,6 +62,8 @@ class VMCluster:
         self.netns = f"nbvm{os.getpid()}"
         self.control_dir = self.workdir / "cp"  # fresh per cluster: stale masters hung runs before
         self.vms: list[VM] = []
+        # extra inventory groups, e.g. {"servers": ["vm1", "vm2"], "clients": ["vm1"]} for site.yml's plays
+        self.groups: dict[str, list[str]] = {}
         self._netns_made = False
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -134,19 +136,39 @@ class VMCluster:
         except OSError:
             return "(no console output)"
 
-    def close(self) -> None:
-        # Control masters first (a master to a killed VM hangs the next run), then the VMs.
+    def _close_masters(self) -> None:
         for sock in self.control_dir.glob("*"):
             subprocess.run(["ip", "netns", "exec", self.netns, "ssh", "-o", f"ControlPath={sock}", "-O", "exit",
                             "dummy"], capture_output=True, timeout=15, check=False)
+
+    @staticmethod
+    def _stop(vm: VM, sig: signal.Signals = signal.SIGTERM) -> None:
+        if vm.proc.poll() is None:
+            os.killpg(vm.proc.pid, sig)
+            try:
+                vm.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(vm.proc.pid, signal.SIGKILL)
+                vm.proc.wait(timeout=10)
+
+    def kill(self, vm: VM) -> None:
+        """The host vanishes: qemu killed by its process group, no shutdown, no goodbye on the wire."""
+        self._stop(vm, signal.SIGKILL)
+
+    def restart(self, vm: VM, boot_timeout: float = 180) -> VM:
+        """Boot ``vm`` again from a fresh overlay (after kill()), so later tests get a whole cluster."""
+        self._stop(vm)
+        self._close_masters()  # a master to the dead VM would hang the next ssh
+        fresh = self._boot(vm.index)
+        self.vms[self.vms.index(vm)] = fresh
+        self._wait_ssh(fresh, time.monotonic() + boot_timeout)
+        return fresh
+
+    def close(self) -> None:
+        # Control masters first (a master to a killed VM hangs the next run), then the VMs.
+        self._close_masters()
         for vm in self.vms:
-            if vm.proc.poll() is None:
-                os.killpg(vm.proc.pid, signal.SIGTERM)
-                try:
-                    vm.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(vm.proc.pid, signal.SIGKILL)
-                    vm.proc.wait(timeout=10)
+            self._stop(vm)
         if self._netns_made:
             subprocess.run(["ip", "netns", "del", self.netns], timeout=30, check=False)
             self._netns_made = False
@@ -171,10 +193,20 @@ class VMCluster:
     def qdiscs(self, vm: VM, interface: str = DATA_INTERFACE) -> list[dict]:
         return json.loads(self.ssh(vm, f"tc -j qdisc show dev {interface}").stdout)
 
+    def our_qdiscs(self, vm: VM, interface: str = DATA_INTERFACE) -> list[dict]:
+        """The netem role's qdiscs (root handle 4e54:, its ssh-bypass child 4e55:)."""
+        return [q for q in self.qdiscs(vm, interface) if q.get("handle") in ("4e54:", "4e55:")]
+
+    def deadman_running(self, vm: VM, interface: str = DATA_INTERFACE) -> bool:
+        out = self.ssh(vm, f"pid=$(cat /run/netem/deadman-{interface}.pid 2>/dev/null) && "
+                           "grep -qs netem-deadman /proc/$pid/cmdline && echo yes || echo no").stdout
+        return out.strip() == "yes"
+
     def inventory(self, extra_vars: dict | None = None) -> Path:
         """An Ansible inventory of the VMs (JSON is YAML): group `vms`, the data NIC as netem_interface."""
         hosts = {vm.name: {"ansible_host": vm.mgmt_ip} for vm in self.vms}
-        data = {"all": {"children": {"vms": {"hosts": hosts}}, "vars": {
+        groups = {name: {"hosts": {h: None for h in members}} for name, members in self.groups.items()}
+        data = {"all": {"children": {"vms": {"hosts": hosts}, **groups}, "vars": {
             "ansible_user": "root", "ansible_ssh_private_key_file": str(CACHE / "id_ed25519"),
             "ansible_python_interpreter": "/usr/bin/python3", "netem_interface": DATA_INTERFACE,
             **(extra_vars or {})}}}
