@@ -1,6 +1,7 @@
 """DHT bootstrap peer: petals' own ``run_dht`` CLI, plus its multiaddrs written to a file.
 
-    python -m bench_client.dht --address-file /run/netbench/dht.maddrs [--host-maddrs ...]
+    python -m bench_client.dht --address-file /run/netbench/dht.maddrs [--host-maddrs ...] \
+        [--join-peers-file /run/netbench/servers.maddrs]
 
 The file (one multiaddr per line) appears atomically once the DHT is up; Ansible and the tests read
 it instead of scraping logs. Stop the process by signalling its process group with SIGTERM.
@@ -9,10 +10,12 @@ it instead of scraping logs. Stop the process by signalling its process group wi
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from pathlib import Path
 
 from bench_client import compat
-from bench_client.peers import PeerError, resolve_initial_peers
+from bench_client.peers import PeerError, read_address_file, resolve_initial_peers
 from bench_client.processes import exit_on_sigterm, fail, write_atomically
 
 
@@ -23,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--announce-maddrs", nargs="+", default=None, help="addresses announced to other peers")
     parser.add_argument("--port", type=int, default=None, help="listen on this TCP port on all IPv4 interfaces")
     parser.add_argument("--identity-path", default=None, help="private key file: a stable peer ID across restarts")
-    parser.add_argument("--initial-peers", nargs="*", default=None, help="join an existing DHT (normally empty)")
+    parser.add_argument("--initial-peers", nargs="*", default=None,
+                        help="join these peers: normally none; on a restart, the running servers' multiaddrs")
+    parser.add_argument("--join-peers-file", default=None,
+                        help="multiaddrs of running servers, one a line, joined as initial peers when the file exists "
+                             "and is not empty: a restarted DHT rejoins its swarm (absent or empty: start alone)")
     parser.add_argument("--refresh-period", type=int, default=30)
     return parser
 
@@ -49,9 +56,14 @@ def petals_argv(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.initial_peers:  # joining another DHT: never a public Petals one
+    # The servers' file is rewritten by Ansible on every run but read only here, at (re)start: the
+    # command line stays the same, so the daemon does not restart a healthy DHT when servers come up.
+    joined: list[str] = []
+    if args.join_peers_file and Path(args.join_peers_file).exists():
+        joined = read_address_file(args.join_peers_file)
+    if args.initial_peers or joined:  # joining another DHT or the running servers: never a public Petals peer
         try:
-            args.initial_peers = resolve_initial_peers(args.initial_peers)
+            args.initial_peers = resolve_initial_peers((args.initial_peers or []) + joined)
         except PeerError as exc:
             fail(str(exc))
     compat.apply()
@@ -64,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         write_atomically(args.address_file, "".join(f"{maddr}\n" for maddr in visible_maddrs))
 
     run_dht.log_visible_maddrs = log_and_publish
+    if args.initial_peers:
+        # Restarted with the running servers as initial peers (petals_dht role): one that died since it
+        # wrote its address file must not keep the bootstrap peer from starting (hivemind raises when
+        # no initial peer answers); the ones alive are joined, so the restarted DHT is not orphaned.
+        run_dht.DHT = functools.partial(run_dht.DHT, ensure_bootstrap_success=False)
     exit_on_sigterm()
     sys.argv = petals_argv(args)
     try:

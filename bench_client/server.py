@@ -2,10 +2,13 @@
 dummy weights built directly on the target device (as the paper's fork served OPT sizes).
 
     python -m bench_client.server --model facebook/opt-30b --block-indices 0:12 \
-        --initial-peers /ip4/10.0.0.1/tcp/31337/p2p/Qm... --dtype float16 --device cuda:0 [-- EXTRA]
+        --initial-peers /ip4/10.0.0.1/tcp/31337/p2p/Qm... --dtype float16 --device cuda:0 \
+        [--address-file /run/netbench/server0.maddrs] [-- EXTRA]
 
 Anything after ``--`` is passed to petals' run_server unchanged. Refuses to start without explicit
-initial peers; fixes ``--throughput`` so no internet speed test runs.
+initial peers; fixes ``--throughput`` so no internet speed test runs. With ``--address-file``, the
+server's own multiaddrs are written there (atomically, one per line) as soon as its DHT node is up,
+before its blocks are built: a restarted DHT bootstrap peer joins the servers through them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from bench_client import compat
 from bench_client.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, ModelSpec, get_model, parse_block_span, write_model_dir
 from bench_client.peers import PeerError, resolve_initial_peers
-from bench_client.processes import exit_on_sigterm, fail
+from bench_client.processes import exit_on_sigterm, fail, write_atomically
 
 DEFAULT_MODELS_DIR = Path(os.environ.get("NETBENCH_MODELS_DIR", Path.home() / ".cache" / "petals-netbench" / "models"))
 PUBLIC_NAME_PREFIX = "netbench"
@@ -39,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host-maddrs", nargs="+", default=None)
     p.add_argument("--announce-maddrs", nargs="+", default=None)
     p.add_argument("--identity-path", default=None)
+    p.add_argument("--address-file", default=None,
+                   help="write this server's multiaddrs here once its DHT node is up (a restarted DHT's initial peers)")
     p.add_argument("--attn-cache-tokens", type=int, default=None, help="size it from the workload (see sweep)")
     p.add_argument("--num-handlers", type=int, default=None)
     p.add_argument("--throughput", type=float, default=100.0, help="announced RPS; fixed so no speed test runs")
@@ -143,6 +148,21 @@ def install_dummy_weights(device: str, seed: int) -> None:
     petals_server.load_pretrained_block = load_dummy_block
 
 
+def publish_addresses(address_file: str) -> None:
+    """Write the server's visible multiaddrs to ``address_file`` right after petals creates its DHT node."""
+    import petals.server.server as petals_server
+
+    original_dht = petals_server.DHT
+
+    def dht_and_publish(*args, **kwargs):
+        dht = original_dht(*args, **kwargs)
+        write_atomically(address_file, "".join(f"{maddr}\n" for maddr in dht.get_visible_maddrs()))
+        return dht
+
+    # petals' Server builds its node with the module-level name DHT (other uses are annotations only)
+    petals_server.DHT = dht_and_publish
+
+
 def main(argv: list[str] | None = None) -> None:
     own_argv, extra = split_passthrough(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(own_argv)
@@ -166,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.weights == "dummy":
         # int8/nf4 quantisation in petals expects CPU blocks as input; everything else is built in place
         install_dummy_weights("cpu" if args.dtype in CUDA_ONLY_DTYPES else device, args.seed)
+    if args.address_file:
+        publish_addresses(args.address_file)
     exit_on_sigterm()
     sys.argv = petals_argv(spec, model_dir, peers, args, device, extra)
     run_server.main()

@@ -7,8 +7,10 @@
   and a rerun once a server is back measures exactly the missing rows;
 * the DHT node restarted (same identity, same port) after being down longer than the servers'
   update period: restarted alone it is orphaned (the servers dropped it from their routing tables,
-  a new client sees no server); restarted with a server as its initial peer it rejoins and a new
-  client finds every block. The identity keys are private; no key or key path reaches the results.
+  a new client sees no server); restarted by the petals_dht role, which joins the servers' own
+  address files (server --address-file; a stale one of a dead server included), it rejoins and a new
+  client finds every block; the role run again leaves the running DHT alone. The identity keys are
+  private; no key or key path reaches the results.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from localswarm import LocalSwarm, Managed, group_members
 from secrets_scan import key_fragments, leaks
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 MODEL = "netbench/tiny"
 EXIT_MEASUREMENT_FAILED = 5
 
@@ -236,19 +239,38 @@ def assert_private(path: Path) -> None:
     assert mode & 0o077 == 0, f"{path} has mode {oct(mode)}: group/others may read the identity key"
 
 
+def dht_role(swarm: LocalSwarm, workdir: Path, state: str, **role_vars) -> subprocess.CompletedProcess:
+    """The petals_dht role on this machine (connection local), as site.yml runs it on the DHT host."""
+    play = workdir / "dht-role.yml"
+    play.write_text("- name: The DHT\n  hosts: localhost\n  gather_facts: false\n  roles: [petals_dht]\n")
+    extra = {"petals_dht_state": state, "petals_dht_runtime": "process", "petals_dht_python": sys.executable,
+             "petals_dht_workdir": str(workdir), "petals_dht_address": "127.0.0.1",
+             "ansible_python_interpreter": sys.executable, **role_vars}
+    env = {**swarm.env, "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-tmp")}
+    return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           str(play), "-e", json.dumps(extra)], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+
+
 def test_dht_restart_keeps_the_swarm_and_keys_stay_private(swarm, tmp_path):
     port = free_port()
     keys = tmp_path / "keys"
     keys.mkdir()
     dht_key, server_key = keys / "dht.key", keys / "server-a.key"
+    host = tmp_path / "host"  # the DHT host's netbench_workdir, as the roles lay it out
+    (host / "run").mkdir(parents=True)
     dht = start_dht_at(swarm, port, dht_key)
     before = swarm.initial_peers
     update = ["--", "--update_period", "10"]  # petals' default is 120 s: re-announce faster for the test
-    swarm.start_server("server-a", MODEL, "0:2", "--identity-path", str(server_key), *update)
-    swarm.start_server("server-b", MODEL, "2:4", *update)
+    for name, span, extra in (("server-a", "0:2", ["--identity-path", str(server_key)]), ("server-b", "2:4", [])):
+        # each server publishes its own multiaddrs (petals_server_args: --address-file run/<name>.maddrs)
+        swarm.start_server(name, MODEL, span, *extra, "--address-file", str(host / "run" / f"{name}.maddrs"), *update)
     wait_online_servers(swarm, 2)
     assert_private(dht_key)
     assert_private(server_key)
+    server_maddr = re.search(r"Running a server on \['([^']+)'", swarm.processes[1].log.read_text()).group(1)
+    assert server_maddr in (host / "run" / "server-a.maddrs").read_text().split()
 
     # Down longer than the servers' update period: their announces fail meanwhile, and hivemind drops
     # the DHT from their routing tables for good. Restarted alone, the DHT knows nobody: orphaned.
@@ -259,28 +281,46 @@ def test_dht_restart_keeps_the_swarm_and_keys_stay_private(swarm, tmp_path):
     orphaned = swarm_info(swarm)
     print(f"DHT restarted alone after 15 s down: {orphaned['num_online_servers']} servers visible")
     assert orphaned["num_online_servers"] == 0 and orphaned["missing_blocks"] == [0, 1, 2, 3]
-
-    # Restarted with a server as its initial peer (what the petals_dht role must do on a restart),
-    # the DHT rejoins the swarm and every block is found again.
     swarm.stop(dht)
-    server_maddr = re.search(r"Running a server on \['([^']+)'", swarm.processes[1].log.read_text()).group(1)
-    restarted_at = time.monotonic()
-    start_dht_at(swarm, port, dht_key, "--initial-peers", server_maddr)
-    assert swarm.initial_peers == before
-    info = wait_online_servers(swarm, 2, timeout=90)
-    found_after = time.monotonic() - restarted_at
-    print(f"DHT restarted with a server as initial peer serves all blocks again {found_after:.1f} s after the restart")
-    assert sorted((s["start_block"], s["end_block"]) for s in info["servers"]) == [(0, 2), (2, 4)]
 
-    out = tmp_path / "after-restart.tsv"
-    result = swarm.run_module(["bench_client", "--initial_peers", *swarm.initial_peers, "--prefix", MODEL,
-                               "--output", str(out), "--prompt-lengths", "8", "--new-tokens", "2",
-                               "--token-sweep", "none", "--max-retries", "3"], timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (meta,) = read_metadata(out.with_suffix(".jsonl"))
-    assert meta["status"] == "ok" and meta["num_servers"] == 2
+    # Restarted by the petals_dht role: it gathers the servers' address files into run/servers.maddrs
+    # and the DHT joins them (--join-peers-file), so a NEW client finds every block through it. A
+    # server that died since it wrote its file (server-gone: a dead port) must not stop the DHT.
+    dead = server_maddr.replace(f"/tcp/{server_maddr.split('/')[4]}/", f"/tcp/{free_port()}/")
+    (host / "run" / "server-gone.maddrs").write_text(dead + "\n")
+    servers = {"localhost": [{"name": "server-a"}, {"name": "server-b"}, {"name": "server-gone"}]}
+    role_vars = {"petals_dht_port": port, "petals_dht_persistent_identity": True,
+                 "petals_dht_identity_path": str(dht_key), "petals_dht_servers_by_host": servers}
+    restarted_at = time.monotonic()
+    try:
+        started = dht_role(swarm, host, "present", **role_vars)
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-2000:]
+        swarm.address_file = host / "run" / "dht.maddrs"
+        assert swarm.initial_peers == before
+        joined = (host / "run" / "servers.maddrs").read_text().split()
+        assert server_maddr in joined and dead in joined and len(joined) >= 3
+        assert stat.S_IMODE((host / "run" / "servers.maddrs").stat().st_mode) == 0o600
+        info = wait_online_servers(swarm, 2, timeout=90)
+        found_after = time.monotonic() - restarted_at
+        print(f"DHT restarted by the petals_dht role (joining the servers' address files): a new client "
+              f"sees all blocks {found_after:.1f} s after the restart began")
+        assert sorted((s["start_block"], s["end_block"]) for s in info["servers"]) == [(0, 2), (2, 4)]
+        again = dht_role(swarm, host, "present", **role_vars)  # servers up now: the running DHT is left alone
+        assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
+
+        out = tmp_path / "after-restart.tsv"
+        result = swarm.run_module(["bench_client", "--initial_peers", *swarm.initial_peers, "--prefix", MODEL,
+                                   "--output", str(out), "--prompt-lengths", "8", "--new-tokens", "2",
+                                   "--token-sweep", "none", "--max-retries", "3"], timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (meta,) = read_metadata(out.with_suffix(".jsonl"))
+        assert meta["status"] == "ok" and meta["num_servers"] == 2
+    finally:
+        stopped = dht_role(swarm, host, "absent", **role_vars)
+    assert stopped.returncode == 0, stopped.stdout[-3000:]
+    assert not (host / "run" / "servers.maddrs").exists() and not (host / "run" / "dht.pid").exists()
 
     # the keys and where they live never reach the results; no key material in any log either
     keys_material = key_fragments(dht_key) + key_fragments(server_key)
     assert not leaks([out, out.with_suffix(".jsonl")], [str(keys), "dht.key", "server-a.key", *keys_material])
-    assert not leaks([p.log for p in swarm.processes], keys_material)
+    assert not leaks([p.log for p in swarm.processes] + [host / "logs" / "dht.log"], keys_material)
