@@ -2,17 +2,25 @@
 
     python -m bench_client.bench_engine tiny            # CPU: swarm start-up, tokens/s, client CPU time per token
     python -m bench_client.bench_engine blocks --model facebook/opt-30b --device cuda --blocks 12
+    python -m bench_client.bench_engine step --model facebook/opt-30b --device cuda --blocks 12 --processes 4
 
 ``tiny`` starts a DHT and two servers of the tiny model on loopback, runs the client with the
 seed's flags (-b 1 --num-micro-batches 2, 2 processes) and reports the client's CPU seconds per
 generated token next to the decode step time: the client must never be the bottleneck.
 ``blocks`` times building dummy blocks on a device as the server does (OPT-30B-sized: seconds).
+``step`` times the GPU side of a server's decode step without Petals' networking: ``--blocks``
+dummy blocks, a batch of ``--batch`` sequences with ``--past`` cached tokens, one step after the
+other with the result copied to the host as the server does; ``--processes N`` runs N such
+processes on the one GPU at once (N servers sharing a GPU). Reported: steps/s, the weight bytes
+streamed per second against the device's bandwidth, and (one process) CUDA kernels per step with
+their summed GPU time from torch.profiler.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -72,7 +80,8 @@ def bench_tiny(args: argparse.Namespace) -> dict:
     }
 
 
-def bench_blocks(args: argparse.Namespace) -> dict:
+def _dummy_blocks(model: str, device: str, dtype_name: str, count: int):
+    """``count`` blocks of ``model`` with dummy weights built on ``device``, exactly as a server builds them."""
     import torch
 
     from bench_client import compat
@@ -84,14 +93,20 @@ def bench_blocks(args: argparse.Namespace) -> dict:
     from bench_client.models import get_model, write_model_dir
     from bench_client.server import install_dummy_weights
 
-    spec = get_model(args.model)
+    spec = get_model(model)
     with tempfile.TemporaryDirectory() as tmp:
         config = DistributedBloomConfig.from_pretrained(str(write_model_dir(spec, tmp)))
-    install_dummy_weights(args.device, seed=0)
-    dtype = getattr(torch, args.dtype)
+    install_dummy_weights(device, seed=0)
+    dtype = getattr(torch, dtype_name)
+    blocks = [petals_server.load_pretrained_block("dummy", i, config=config, torch_dtype=dtype) for i in range(count)]
+    return spec, config, dtype, blocks
+
+
+def bench_blocks(args: argparse.Namespace) -> dict:
+    import torch
+
     start = time.monotonic()
-    blocks = [petals_server.load_pretrained_block("dummy", i, config=config, torch_dtype=dtype)
-              for i in range(args.blocks)]
+    spec, _, dtype, blocks = _dummy_blocks(args.model, args.device, args.dtype, args.blocks)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.monotonic() - start
@@ -99,6 +114,66 @@ def bench_blocks(args: argparse.Namespace) -> dict:
     return {"model": spec.name, "device": args.device, "dtype": args.dtype, "blocks": args.blocks,
             "seconds": round(elapsed, 3), "gb": round(params * dtype.itemsize / 1e9, 2),
             "finite": bool(all(torch.isfinite(p).all() for b in blocks for p in b.parameters()))}
+
+
+def _step_one_process(args: argparse.Namespace) -> dict:
+    import torch
+
+    spec, config, dtype, blocks = _dummy_blocks(args.model, args.device, args.dtype, args.blocks)
+    heads, head_dim = config.n_head, config.hidden_size // config.n_head
+    rows = args.batch * heads
+    pasts = [(torch.randn(rows, head_dim, args.past, device=args.device, dtype=dtype),
+              torch.randn(rows, args.past, head_dim, device=args.device, dtype=dtype)) for _ in blocks]
+    hidden = torch.randn(args.batch, 1, config.hidden_size, device=args.device, dtype=dtype)
+
+    @torch.inference_mode()
+    def step() -> torch.Tensor:
+        h = hidden
+        for block, past in zip(blocks, pasts):
+            h = block(h, layer_past=past, use_cache=True)[0]
+        return h.cpu()  # the server returns each step's output to the host: a synchronisation
+
+    for _ in range(3):
+        step()
+    if args.start_at:  # the other processes of this run start their window at the same moment
+        time.sleep(max(0.0, args.start_at - time.time()))
+    steps, start = 0, time.monotonic()
+    while time.monotonic() - start < args.seconds:
+        step()
+        steps += 1
+    elapsed = time.monotonic() - start
+    weight_bytes = sum(p.numel() for b in blocks for p in b.parameters()) * dtype.itemsize
+    result = {"steps_per_s": round(steps / elapsed, 2), "step_ms": round(1000 * elapsed / steps, 3),
+              "weight_gb": round(weight_bytes / 1e9, 2), "weight_gb_per_s": round(weight_bytes * steps / elapsed / 1e9, 1)}
+    if args.kernels:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        gpu_us = sum(e.device_time for e in kernels)  # every kernel, memcpy and memset of the 5 steps
+        result |= {"cuda_events_per_step": len(kernels) // 5, "gpu_busy_ms_per_step": round(gpu_us / 5000, 3)}
+    return result
+
+
+def bench_step(args: argparse.Namespace) -> dict:
+    common = {"model": args.model, "device": args.device, "dtype": args.dtype, "blocks": args.blocks,
+              "batch": args.batch, "past": args.past, "processes": args.processes,
+              "upstream_alibi": os.environ.get("NETBENCH_UPSTREAM_ALIBI") == "1"}
+    if args.processes == 1:
+        return common | _step_one_process(args)
+    # N processes, each its own CUDA context, as N servers on one GPU; the measured windows coincide
+    start_at = time.time() + args.startup
+    argv = [sys.executable, "-m", "bench_client.bench_engine", "step", "--model", args.model, "--device", args.device,
+            "--dtype", args.dtype, "--blocks", str(args.blocks), "--batch", str(args.batch), "--past", str(args.past),
+            "--seconds", str(args.seconds), "--start-at", str(start_at), "--processes", "1"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
+    each = [json.loads(proc.communicate()[0]) for proc in procs]
+    if any(proc.returncode for proc in procs):
+        raise SystemExit(f"a step process failed: {[proc.returncode for proc in procs]}")
+    return common | {"per_process": [{k: e[k] for k in ("steps_per_s", "step_ms")} for e in each],
+                     "weight_gb_per_s_all": round(sum(e["weight_gb_per_s"] for e in each), 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,8 +186,22 @@ def main(argv: list[str] | None = None) -> None:
     blocks.add_argument("--device", default="cuda")
     blocks.add_argument("--dtype", default="float16")
     blocks.add_argument("--blocks", type=int, default=12)
+    step = sub.add_parser("step")
+    step.add_argument("--model", default="facebook/opt-30b")
+    step.add_argument("--device", default="cuda")
+    step.add_argument("--dtype", default="float16")
+    step.add_argument("--blocks", type=int, default=12)
+    step.add_argument("--batch", type=int, default=2)
+    step.add_argument("--past", type=int, default=528, help="cached tokens (prompt 512 + half of 32 new)")
+    step.add_argument("--seconds", type=float, default=5.0, help="measured window")
+    step.add_argument("--processes", type=int, default=1)
+    step.add_argument("--kernels", action="store_true", help="also count CUDA kernels per step (torch.profiler)")
+    step.add_argument("--startup", type=float, default=45.0, help="seconds the processes get to build their blocks")
+    step.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    result = bench_tiny(args) if args.command == "tiny" else bench_blocks(args)
+    if args.command == "step" and args.kernels and not args.device.startswith("cuda"):
+        p.error("--kernels counts CUDA kernels: it needs --device cuda")
+    result = {"tiny": bench_tiny, "blocks": bench_blocks, "step": bench_step}[args.command](args)
     print(json.dumps(result, indent=2))
     sys.stdout.flush()
 

@@ -262,3 +262,18 @@ print("identical")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("identical")
+
+
+def test_bench_engine_step_runs_real_blocks_and_prints_numbers():
+    """The GPU-side step benchmark (docs/results/gpu) on CPU with the tiny model: real petals blocks
+    with dummy weights, a measured window, numbers out; --kernels needs CUDA and says so."""
+    import json
+
+    base = [sys.executable, "-m", "bench_client.bench_engine", "step", "--model", "netbench/tiny", "--device", "cpu",
+            "--dtype", "float32", "--blocks", "2", "--past", "16", "--seconds", "0.5"]
+    result = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    numbers = json.loads(result.stdout)
+    assert numbers["blocks"] == 2 and numbers["steps_per_s"] > 0 and numbers["step_ms"] > 0, numbers
+    refused = subprocess.run(base + ["--kernels"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "needs --device cuda" in refused.stderr

@@ -73,6 +73,17 @@ case "$stage" in
         --num-gpus 4
     done
     ;;
+  step)
+    # The GPU side of a server's decode step without Petals' networking (bench_engine step): OPT-30B
+    # blocks, batch 2, 528 cached tokens; one JSON line per measurement in step.jsonl.
+    step() { env "$@" | python3 -c "import json, sys; print(json.dumps(json.load(sys.stdin)))" >> "$out/step.jsonl"; }
+    bench="python3 -m bench_client.bench_engine step --model facebook/opt-30b --device cuda --dtype float16"
+    step $bench --blocks 12 --kernels                          # one server's 12 blocks
+    step NETBENCH_UPSTREAM_ALIBI=1 $bench --blocks 12 --kernels  # the same with transformers' alibi
+    step $bench --blocks 48                                    # one process holding the whole model
+    step $bench --blocks 12 --processes 4                      # 4 servers' processes sharing the GPU
+    step $bench --blocks 12 --batch 12 --kernels               # 6 sessions x 2 batched in one step
+    ;;
   opt30b-seed)
     swarm opt30b-b1m2 facebook/opt-30b 4 -- -b 1 --num-micro-batches 2 --num-processes 6 --output "$out/opt30b.tsv" \
       --token-sweep none --network-profile none --num-gpus 1
