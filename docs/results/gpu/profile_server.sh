@@ -19,7 +19,13 @@ for _ in $(seq 1 180); do [[ -s $work/pids.json ]] && break; sleep 1; done
 sleep 30  # the six clients load their embeddings and warm up; then they decode for about a minute
 pid_of() { python3 -c "import json, sys; print(json.load(open('$work/pids.json'))[sys.argv[1]])" "$1"; }
 server=$(pid_of server-1)
-worker=$(python3 -c "from bench_client import daemon; print(daemon.descendants([$(pid_of client)])[0])")
+# a client worker: a multiprocessing child running python (not the resource tracker or a p2pd)
+worker=$(python3 -c "
+from pathlib import Path
+from bench_client import daemon
+workers = [p for p in daemon.descendants([$(pid_of client)]) if b'spawn_main' in Path(f'/proc/{p}/cmdline').read_bytes()
+           and b'resource_tracker' not in Path(f'/proc/{p}/cmdline').read_bytes()]
+print(workers[0])")
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 200 > "$out/gpu-util.csv" &
 smi=$!
 python3 docs/results/gpu/cpu_sample.py "$work/pids.json" --seconds 10 > "$out/cpu.json" &
