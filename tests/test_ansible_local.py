@@ -8,13 +8,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import secrets
+import shutil
 import socket
 from pathlib import Path
 
 import pytest
 
 from bench_client.daemon import Record, group_members
-from bench_client.runner import run_experiment
+from bench_client.runner import PROJECT_DIR, run_experiment
+from secrets_scan import leaks
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +27,24 @@ def dht_port(workdir: Path) -> int:
     return int(maddr.split("/tcp/")[1].split("/")[0])
 
 
+def inventory_with_canaries(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The local inventory plus secrets no file of the run may ever contain (a become password, a
+    vault-style token), as a researcher's inventory would hold them."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(PROJECT_DIR / "inventory" / "local", inventory)
+    canaries = [f"canary-become-{secrets.token_hex(8)}", f"canary-vault-{secrets.token_hex(8)}"]
+    with (inventory / "group_vars" / "all.yml").open("a") as f:
+        f.write(f"ansible_become_password: {canaries[0]}\nvault_netbench_api_token: {canaries[1]}\n")
+    return inventory, canaries
+
+
 def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
     workdir = tmp_path / "work"
     results = tmp_path / "results"
     common = {"netbench_workdir": str(workdir), "results_dir": str(results), "petals_dht_persistent_identity": True}
+    inventory, canaries = inventory_with_canaries(tmp_path)
     out = io.StringIO()
-    run = run_experiment(extravars=common, out=out)
+    run = run_experiment(inventory=inventory, extravars=common, out=out)
     try:
         assert run.ok, out.getvalue()[-5000:]
         # progress was shown per host and task while it ran
@@ -51,11 +66,17 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         port = dht_port(workdir)
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
-        again = run_experiment(extravars={**common, "run_id": run.run_id}, tags="provision,swarm", out=io.StringIO())
+        again = run_experiment(inventory=inventory, extravars={**common, "run_id": run.run_id}, tags="provision,swarm",
+                               out=io.StringIO())
         assert again.ok and again.changed() == {"localhost": 0}, again.stats
     finally:
-        cleanup = run_experiment(extravars=common, tags="cleanup", out=io.StringIO())
+        cleanup = run_experiment(inventory=inventory, extravars=common, tags="cleanup", out=io.StringIO())
     assert cleanup.ok, cleanup.failures
+    # the inventory's secrets reached no result, log, pid/address file, runner event log or output
+    artifacts = sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*"))
+    assert artifacts, "the runner's event logs of this run are missing: the scan would prove nothing"
+    assert not leaks([results, workdir, *artifacts], canaries)
+    assert not any(c in out.getvalue() for c in canaries)
     assert all(group_members(r.pgid) == [] for r in records)
     assert list((workdir / "run").glob("*.pid")) == []
     assert (workdir / "run" / "dht.key").exists()  # the persistent DHT identity outlives cleanup
