@@ -9,7 +9,8 @@ seed's flags (-b 1 --num-micro-batches 2, 2 processes) and reports the client's 
 generated token next to the decode step time: the client must never be the bottleneck.
 ``blocks`` times building dummy blocks on a device as the server does (OPT-30B-sized: seconds).
 ``step`` times the GPU side of a server's decode step without Petals' networking: ``--blocks``
-dummy blocks, a batch of ``--batch`` sequences with ``--past`` cached tokens, one step after the
+dummy blocks, a batch of ``--batch`` sequences of ``--tokens`` new tokens (1: a decode step; the
+prompt with ``--past 0``: a prefill) after ``--past`` cached tokens, one step after the
 other with the result copied to the host as the server does; ``--processes N`` runs N such
 processes on the one GPU at once (N servers sharing a GPU). Reported: steps/s, the weight bytes
 streamed per second against the device's bandwidth, and (one process) CUDA kernels per step with
@@ -123,8 +124,9 @@ def _step_one_process(args: argparse.Namespace) -> dict:
     heads, head_dim = config.n_head, config.hidden_size // config.n_head
     rows = args.batch * heads
     pasts = [(torch.randn(rows, head_dim, args.past, device=args.device, dtype=dtype),
-              torch.randn(rows, args.past, head_dim, device=args.device, dtype=dtype)) for _ in blocks]
-    hidden = torch.randn(args.batch, 1, config.hidden_size, device=args.device, dtype=dtype)
+              torch.randn(rows, args.past, head_dim, device=args.device, dtype=dtype)) if args.past else None
+             for _ in blocks]
+    hidden = torch.randn(args.batch, args.tokens, config.hidden_size, device=args.device, dtype=dtype)
 
     @torch.inference_mode()
     def step() -> torch.Tensor:
@@ -159,7 +161,7 @@ def _step_one_process(args: argparse.Namespace) -> dict:
 
 def bench_step(args: argparse.Namespace) -> dict:
     common = {"model": args.model, "device": args.device, "dtype": args.dtype, "blocks": args.blocks,
-              "batch": args.batch, "past": args.past, "processes": args.processes,
+              "batch": args.batch, "past": args.past, "tokens": args.tokens, "processes": args.processes,
               "upstream_alibi": os.environ.get("NETBENCH_UPSTREAM_ALIBI") == "1"}
     if args.processes == 1:
         return common | _step_one_process(args)
@@ -167,6 +169,7 @@ def bench_step(args: argparse.Namespace) -> dict:
     start_at = time.time() + args.startup
     argv = [sys.executable, "-m", "bench_client.bench_engine", "step", "--model", args.model, "--device", args.device,
             "--dtype", args.dtype, "--blocks", str(args.blocks), "--batch", str(args.batch), "--past", str(args.past),
+            "--tokens", str(args.tokens),
             "--seconds", str(args.seconds), "--start-at", str(start_at), "--processes", "1"]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
     each = [json.loads(proc.communicate()[0]) for proc in procs]
@@ -193,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     step.add_argument("--blocks", type=int, default=12)
     step.add_argument("--batch", type=int, default=2)
     step.add_argument("--past", type=int, default=528, help="cached tokens (prompt 512 + half of 32 new)")
+    step.add_argument("--tokens", type=int, default=1, help="tokens per sequence and step: 1 decodes, "
+                      "the prompt length with --past 0 is a prefill")
     step.add_argument("--seconds", type=float, default=5.0, help="measured window")
     step.add_argument("--processes", type=int, default=1)
     step.add_argument("--kernels", action="store_true", help="also count CUDA kernels per step (torch.profiler)")

@@ -4,6 +4,7 @@
 # py-spy samples one server (with its handler subprocesses) and one client worker for 20 s while
 # nvidia-smi samples the GPU's utilisation every 200 ms and cpu_sample.py the CPU of every process.
 #   bash docs/results/gpu/profile_server.sh OUTDIR
+#   NEW_TOKENS=1 MICRO_BATCHES=16 bash docs/results/gpu/profile_server.sh OUTDIR   # mostly prefills
 # Run from the repository root on the GPU host (wheels in .whl/, py-spy in .whl/tools/).
 set -u
 out=$1; mkdir -p "$out"
@@ -12,8 +13,8 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/tools .whl/tools/*.
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 NETBENCH_MODELS_DIR=/tmp/netbench-models
 work=/tmp/prof; rm -rf "$work"
 python3 -m bench_client.local_swarm --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
-  --num-handlers 4 --workdir "$work" -- -b 2 --num-processes 6 --num-micro-batches 2 --output "$work/out.tsv" \
-  --prompt-lengths 512 --new-tokens 128 --token-sweep none --num-gpus 1 > "$out/client.log" 2>&1 &
+  --num-handlers 4 --workdir "$work" -- -b 2 --num-processes 6 --num-micro-batches "${MICRO_BATCHES:-2}" --output "$work/out.tsv" \
+  --prompt-lengths 512 --new-tokens "${NEW_TOKENS:-128}" --token-sweep none --num-gpus 1 > "$out/client.log" 2>&1 &
 swarm=$!
 for _ in $(seq 1 180); do [[ -s $work/pids.json ]] && break; sleep 1; done
 sleep 30  # the six clients load their embeddings and warm up; then they decode for about a minute

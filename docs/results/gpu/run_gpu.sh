@@ -20,6 +20,9 @@ swarm() {  # swarm NAME MODEL SERVERS -- client args...
   mkdir -p "$out/logs-$name"; cp /tmp/work-"$name"/*.log "$out/logs-$name/" 2>/dev/null || true
   return "$rc"
 }
+step() {  # step [VAR=VALUE] python3 -m bench_client.bench_engine step ...: one JSON line in step.jsonl
+  env "$@" | python3 -c "import json, sys; print(json.dumps(json.load(sys.stdin)))" >> "$out/step.jsonl"
+}
 case "$stage" in
   smoke)
     swarm smoke netbench/tiny 2 --timeout 90 -- -b 1 --num-processes 2 --output "$out/smoke.tsv" --prompt-lengths 16 \
@@ -76,13 +79,20 @@ case "$stage" in
   step)
     # The GPU side of a server's decode step without Petals' networking (bench_engine step): OPT-30B
     # blocks, batch 2, 528 cached tokens; one JSON line per measurement in step.jsonl.
-    step() { env "$@" | python3 -c "import json, sys; print(json.dumps(json.load(sys.stdin)))" >> "$out/step.jsonl"; }
     bench="python3 -m bench_client.bench_engine step --model facebook/opt-30b --device cuda --dtype float16"
     step $bench --blocks 12 --kernels                          # one server's 12 blocks
     step NETBENCH_UPSTREAM_ALIBI=1 $bench --blocks 12 --kernels  # the same with transformers' alibi
     step $bench --blocks 48                                    # one process holding the whole model
     step $bench --blocks 12 --processes 4                      # 4 servers' processes sharing the GPU
     step $bench --blocks 12 --batch 12 --kernels               # 6 sessions x 2 batched in one step
+    ;;
+  prefill)
+    # The GPU side of the prefill (bench_engine step --past 0 --tokens 512): batch 2 x 512 tokens
+    bench="python3 -m bench_client.bench_engine step --model facebook/opt-30b --device cuda --dtype float16 --past 0"
+    step $bench --blocks 12 --tokens 512 --kernels
+    step $bench --blocks 48 --tokens 512
+    step $bench --blocks 12 --tokens 512 --processes 4
+    step $bench --blocks 12 --tokens 1024 --batch 1 --kernels
     ;;
   opt30b-seed)
     swarm opt30b-b1m2 facebook/opt-30b 4 -- -b 1 --num-micro-batches 2 --num-processes 6 --output "$out/opt30b.tsv" \
