@@ -17,6 +17,7 @@ import argparse
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from bench_client import compat
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference-max-length", type=int, default=None)
     p.add_argument("--public-name", default=None, help="default: netbench|<host>|<gpu>, read back by the client")
     p.add_argument("--seed", type=int, default=0, help="seed of the dummy weights")
+    p.add_argument("--join-timeout", type=float, default=90.0,
+                   help="keep trying this long (seconds) while no initial peer answers (a DHT still starting)")
     return p
 
 
@@ -148,6 +151,36 @@ def install_dummy_weights(device: str, seed: int) -> None:
     petals_server.load_pretrained_block = load_dummy_block
 
 
+def join_with_retries(timeout: float, delay: float = 3.0) -> None:
+    """Retry the server's first contact with the swarm for ``timeout`` seconds.
+
+    hivemind's p2p daemon gives up at once ("failed to connect to bootstrap peers") when none of the
+    initial peers answers its first dial, and petals' server then exits: a server started a few
+    seconds before its DHT, or while the DHT host is busy, died at bring-up (seen on an H200: three
+    of four servers, docs/results/gpu/README.md). Nothing heavy exists yet at that point (the DHT
+    node is made before any block), so trying again is cheap."""
+    import petals.server.server as petals_server
+
+    deadline = time.monotonic() + timeout
+
+    def retrying(first_contact):
+        def attempt(*args, **kwargs):
+            while True:
+                try:
+                    return first_contact(*args, **kwargs)
+                except Exception as exc:  # hivemind's P2PDaemonError, raised again from the DHT's process
+                    if "failed to connect to bootstrap peers" not in str(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    print(f"[bench_client.server] no initial peer answers yet; trying again in {delay:.0f} s",
+                          file=sys.stderr, flush=True)
+                    time.sleep(delay)
+        return attempt
+
+    # both dial the initial peers: petals' reachability probe (a throw-away DHT node), then the server's node
+    petals_server.check_direct_reachability = retrying(petals_server.check_direct_reachability)
+    petals_server.DHT = retrying(petals_server.DHT)
+
+
 def publish_addresses(address_file: str) -> None:
     """Write the server's visible multiaddrs to ``address_file`` right after petals creates its DHT node."""
     import petals.server.server as petals_server
@@ -186,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.weights == "dummy":
         # int8/nf4 quantisation in petals expects CPU blocks as input; everything else is built in place
         install_dummy_weights("cpu" if args.dtype in CUDA_ONLY_DTYPES else device, args.seed)
-    if args.address_file:
+    join_with_retries(args.join_timeout)
+    if args.address_file:  # wraps the retrying constructor: the addresses of the node that came up
         publish_addresses(args.address_file)
     exit_on_sigterm()
     sys.argv = petals_argv(spec, model_dir, peers, args, device, extra)

@@ -324,3 +324,23 @@ def test_dht_restart_keeps_the_swarm_and_keys_stay_private(swarm, tmp_path):
     keys_material = key_fragments(dht_key) + key_fragments(server_key)
     assert not leaks([out, out.with_suffix(".jsonl")], [str(keys), "dht.key", "server-a.key", *keys_material])
     assert not leaks([p.log for p in swarm.processes] + [host / "logs" / "dht.log"], keys_material)
+
+
+def test_server_started_before_its_dht_waits_for_it(swarm, tmp_path):
+    """hivemind's p2p daemon gives up at once when no initial peer answers; the server launcher tries
+    again (--join-timeout): a server started while its DHT is still down joins once the DHT is up."""
+    port, key = free_port(), tmp_path / "dht.key"
+    swarm.stop(start_dht_at(swarm, port, key))  # learn the DHT's multiaddr (same key and port later)
+    early = swarm.start_server("early", MODEL, "0:4", "--join-timeout", "60")
+    time.sleep(12)  # more than one failed attempt (each one takes ~5 s here)
+    assert early.process.poll() is None, f"the server gave up while the DHT was down:\n{early.tail()}"
+    assert "no initial peer answers yet" in early.log.read_text()
+    started = time.monotonic()
+    start_dht_at(swarm, port, key)
+    info = wait_online_servers(swarm, 1, timeout=90)
+    print(f"server started 12 s before its DHT: serving every block {time.monotonic() - started:.1f} s after the DHT came up")
+    assert info["missing_blocks"] == []
+    # without retries it exits (what the launcher did before)
+    swarm.stop(swarm.processes[-1])
+    gone = swarm.start_server("no-retry", MODEL, "0:4", "--join-timeout", "0")
+    assert gone.process.wait(timeout=60) != 0 and "failed to connect to bootstrap peers" in gone.tail()
