@@ -20,6 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +215,43 @@ def down(lab_dir: Path) -> None:
         except OSError:
             pass
     (lab_dir / "lab.json").unlink(missing_ok=True)
+
+
+@contextmanager
+def lab(lab_dir: Path, count: int = 3, python: str = sys.executable, prefix: str = PREFIX) -> Iterator[Path]:
+    """``up`` for the body of a ``with`` (yields the inventory), ``down`` after it, even on failure;
+    checks that no namespace of the lab is left."""
+    try:
+        yield up(lab_dir, count=count, python=python, prefix=prefix)
+    finally:
+        down(lab_dir)
+    left = [ns for ns in _run("ip", "netns", "list").stdout.split() if ns.startswith(f"{prefix}-")]
+    if left:
+        raise RuntimeError(f"namespaces of the lab left behind: {left}")
+
+
+# What the netem role puts on a link: its root qdisc (handle 4e54:), tbf/htb for a rate, netem.
+OUR_QDISC_MARKS = ("4e54", "tbf", "htb", "netem")
+
+
+def our_qdiscs(netns: str, dev: str = "eth0") -> list[str]:
+    """The qdisc lines of ours on ``dev`` in ``netns`` ([] when the link is unshaped)."""
+    out = _run("tc", "qdisc", "show", "dev", dev, netns=netns).stdout
+    return [line for line in out.splitlines() if any(mark in line for mark in OUR_QDISC_MARKS)]
+
+
+def leftovers(host: LabHost) -> tuple[dict[int, str], list[str]]:
+    """What runs in a lab host besides its sshd: {pid: command line} and listening sockets but ssh's."""
+    commands = {}
+    for pid in namespace_pids(host.netns):
+        try:
+            commands[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+    processes = {pid: c for pid, c in commands.items() if "sshd" not in c}
+    listening = [line for line in _run("ss", "-Hltun", netns=host.netns).stdout.splitlines()
+                 if line.strip() and not line.split()[4].endswith(":22")]
+    return processes, listening
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,13 +32,8 @@ RATE_PROFILE = {"name": "rate20", "rate": f"{RATE_MBIT}mbit"}
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     directory = tmp_path_factory.mktemp("lab")
-    try:
-        inventory = netns_lab.up(directory, count=3, python=sys.executable, prefix=PREFIX)
+    with netns_lab.lab(directory, count=3, python=sys.executable, prefix=PREFIX) as inventory:
         yield directory, inventory
-    finally:
-        netns_lab.down(directory)
-    assert not any(ns.startswith(PREFIX) for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                                                  text=True).stdout.split())
 
 
 def petals_netbench(lab_dir: Path, inventory: Path, *args: str, timeout: float = 900) -> tuple[dict, str]:
@@ -129,12 +124,5 @@ def test_emulated_swarm_shaped_idempotent_and_cleaned(lab):
     assert cleanup["rc"] == 0, output[-4000:]
 
     for name, host in hosts.items():
-        qdiscs = in_ns(name, "tc", "qdisc", "show", "dev", "eth0")
-        assert "tbf" not in qdiscs and "htb" not in qdiscs and "4e54" not in qdiscs, (name, qdiscs)
-        pids = netns_lab.namespace_pids(host.netns)
-        commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                    for pid in pids if Path(f"/proc/{pid}/cmdline").exists()}
-        left = {pid: c for pid, c in commands.items() if "sshd" not in c}
-        assert left == {}, (name, left)
-        listening = [line for line in in_ns(name, "ss", "-Hltun").splitlines() if line.strip()]
-        assert all(line.split()[4].endswith(":22") for line in listening), (name, listening)
+        assert netns_lab.our_qdiscs(host.netns) == [], name
+        assert netns_lab.leftovers(host) == ({}, []), name
