@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from bench_client import compat
-from bench_client.peers import PeerError, read_address_file, resolve_initial_peers
-from bench_client.processes import exit_on_sigterm, fail, write_atomically
+from bench_client.peers import PeerError, read_address_file, resolve_initial_peers, write_address_file
+from bench_client.processes import exit_on_sigterm, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def log_and_publish(visible_maddrs, only_p2p=False):
         original_log(visible_maddrs, only_p2p=only_p2p)
-        write_atomically(args.address_file, "".join(f"{maddr}\n" for maddr in visible_maddrs))
+        write_address_file(args.address_file, visible_maddrs)
 
     run_dht.log_visible_maddrs = log_and_publish
     if args.initial_peers:

@@ -4,7 +4,10 @@ petals' public bootstrap peers, and peers can come from the DHT launcher's addre
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
+
+from bench_client.processes import write_atomically
 
 # petals.constants.PUBLIC_INITIAL_PEERS identify themselves by these peer IDs and host names.
 _PUBLIC_MARKERS = (
@@ -17,6 +20,11 @@ _MULTIADDR = re.compile(r"^/(ip4|ip6|dns|dns4|dns6)/[^/]+/tcp/\d+/p2p/\w+$")
 
 class PeerError(ValueError):
     pass
+
+
+def write_address_file(path: str | Path, maddrs: Iterable[object]) -> None:
+    """One multiaddr a line, replaced atomically: readers never see a half-written file."""
+    write_atomically(path, "".join(f"{maddr}\n" for maddr in maddrs))
 
 
 def read_address_file(path: str | Path) -> list[str]:

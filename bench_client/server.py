@@ -22,8 +22,8 @@ from pathlib import Path
 
 from bench_client import compat
 from bench_client.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, ModelSpec, get_model, parse_block_span, write_model_dir
-from bench_client.peers import PeerError, resolve_initial_peers
-from bench_client.processes import exit_on_sigterm, fail, write_atomically
+from bench_client.peers import PeerError, resolve_initial_peers, write_address_file
+from bench_client.processes import exit_on_sigterm, fail
 
 DEFAULT_MODELS_DIR = Path(os.environ.get("NETBENCH_MODELS_DIR", Path.home() / ".cache" / "petals-netbench" / "models"))
 PUBLIC_NAME_PREFIX = "netbench"
@@ -189,7 +189,7 @@ def publish_addresses(address_file: str) -> None:
 
     def dht_and_publish(*args, **kwargs):
         dht = original_dht(*args, **kwargs)
-        write_atomically(address_file, "".join(f"{maddr}\n" for maddr in dht.get_visible_maddrs()))
+        write_address_file(address_file, dht.get_visible_maddrs())
         return dht
 
     # petals' Server builds its node with the module-level name DHT (other uses are annotations only)
