@@ -103,6 +103,10 @@ def _dummy_blocks(model: str, device: str, dtype_name: str, count: int):
     return spec, config, dtype, blocks
 
 
+def _weight_bytes(blocks, dtype) -> int:
+    return sum(p.numel() for b in blocks for p in b.parameters()) * dtype.itemsize
+
+
 def bench_blocks(args: argparse.Namespace) -> dict:
     import torch
 
@@ -111,16 +115,15 @@ def bench_blocks(args: argparse.Namespace) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.monotonic() - start
-    params = sum(p.numel() for b in blocks for p in b.parameters())
     return {"model": spec.name, "device": args.device, "dtype": args.dtype, "blocks": args.blocks,
-            "seconds": round(elapsed, 3), "gb": round(params * dtype.itemsize / 1e9, 2),
+            "seconds": round(elapsed, 3), "gb": round(_weight_bytes(blocks, dtype) / 1e9, 2),
             "finite": bool(all(torch.isfinite(p).all() for b in blocks for p in b.parameters()))}
 
 
 def _step_one_process(args: argparse.Namespace) -> dict:
     import torch
 
-    spec, config, dtype, blocks = _dummy_blocks(args.model, args.device, args.dtype, args.blocks)
+    _, config, dtype, blocks = _dummy_blocks(args.model, args.device, args.dtype, args.blocks)
     heads, head_dim = config.n_head, config.hidden_size // config.n_head
     rows = args.batch * heads
     pasts = [(torch.randn(rows, head_dim, args.past, device=args.device, dtype=dtype),
@@ -144,7 +147,7 @@ def _step_one_process(args: argparse.Namespace) -> dict:
         step()
         steps += 1
     elapsed = time.monotonic() - start
-    weight_bytes = sum(p.numel() for b in blocks for p in b.parameters()) * dtype.itemsize
+    weight_bytes = _weight_bytes(blocks, dtype)
     result = {"steps_per_s": round(steps / elapsed, 2), "step_ms": round(1000 * elapsed / steps, 3),
               "weight_gb": round(weight_bytes / 1e9, 2), "weight_gb_per_s": round(weight_bytes * steps / elapsed / 1e9, 1)}
     if args.kernels:
@@ -184,16 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny")
     tiny.add_argument("--new-tokens", type=int, default=16)
-    blocks = sub.add_parser("blocks")
-    blocks.add_argument("--model", default="facebook/opt-30b")
-    blocks.add_argument("--device", default="cuda")
-    blocks.add_argument("--dtype", default="float16")
-    blocks.add_argument("--blocks", type=int, default=12)
-    step = sub.add_parser("step")
-    step.add_argument("--model", default="facebook/opt-30b")
-    step.add_argument("--device", default="cuda")
-    step.add_argument("--dtype", default="float16")
-    step.add_argument("--blocks", type=int, default=12)
+    blocks, step = sub.add_parser("blocks"), sub.add_parser("step")
+    for with_blocks in (blocks, step):
+        with_blocks.add_argument("--model", default="facebook/opt-30b")
+        with_blocks.add_argument("--device", default="cuda")
+        with_blocks.add_argument("--dtype", default="float16")
+        with_blocks.add_argument("--blocks", type=int, default=12)
     step.add_argument("--batch", type=int, default=2)
     step.add_argument("--past", type=int, default=528, help="cached tokens (prompt 512 + half of 32 new)")
     step.add_argument("--tokens", type=int, default=1, help="tokens per sequence and step: 1 decodes, "
