@@ -3,8 +3,8 @@
 # float16, prompt 512, batch 2 x 6 client processes; 128 new tokens so that decoding lasts):
 # py-spy samples one server (with its handler subprocesses) and one client worker for 20 s while
 # nvidia-smi samples the GPU's utilisation every 200 ms and cpu_sample.py the CPU of every process.
-#   bash docs/results/gpu/profile_server.sh OUTDIR
-#   NEW_TOKENS=1 MICRO_BATCHES=16 bash docs/results/gpu/profile_server.sh OUTDIR   # mostly prefills
+#   bash tools/gpu/profile_server.sh OUTDIR
+#   NEW_TOKENS=1 MICRO_BATCHES=16 bash tools/gpu/profile_server.sh OUTDIR   # mostly prefills
 # Run from the repository root on the GPU host (wheels in .whl/, py-spy in .whl/tools/).
 set -u
 out=$1; mkdir -p "$out"
@@ -12,7 +12,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 python3 -m pip install -q --no-index --no-deps --target /tmp/tools .whl/tools/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 NETBENCH_MODELS_DIR=/tmp/netbench-models
 work=/tmp/prof; rm -rf "$work"
-python3 -m bench_client.local_swarm --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
+python3 -m bench_client.swarm.local --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
   --num-handlers 4 --workdir "$work" -- -b 2 --num-processes 6 --num-micro-batches "${MICRO_BATCHES:-2}" --output "$work/out.tsv" \
   --prompt-lengths 512 --new-tokens "${NEW_TOKENS:-128}" --token-sweep none --num-gpus 1 > "$out/client.log" 2>&1 &
 swarm=$!
@@ -23,13 +23,13 @@ server=$(pid_of server-1)
 # a client worker: a multiprocessing child running python (not the resource tracker or a p2pd)
 worker=$(python3 -c "
 from pathlib import Path
-from bench_client import daemon
+from bench_client.core import daemon
 workers = [p for p in daemon.descendants([$(pid_of client)]) if b'spawn_main' in Path(f'/proc/{p}/cmdline').read_bytes()
            and b'resource_tracker' not in Path(f'/proc/{p}/cmdline').read_bytes()]
 print(workers[0])")
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 200 > "$out/gpu-util.csv" &
 smi=$!
-python3 docs/results/gpu/cpu_sample.py "$work/pids.json" --seconds 10 > "$out/cpu.json" &
+python3 tools/gpu/cpu_sample.py "$work/pids.json" --seconds 10 > "$out/cpu.json" &
 /tmp/tools/bin/py-spy record --pid "$server" --subprocesses --duration 20 --rate 100 --format raw --nonblocking \
   -o "$out/server.folded" > "$out/pyspy-server.log" 2>&1 &
 spy1=$!
@@ -40,6 +40,6 @@ wait "$spy1" "$spy2"
 kill "$smi"
 wait "$swarm"
 for part in server client; do
-  python3 docs/results/gpu/fold_summary.py "$out/$part.folded" > "$out/$part-summary.txt"
+  python3 tools/gpu/fold_summary.py "$out/$part.folded" > "$out/$part-summary.txt"
 done
 cp "$work"/*.log "$work"/out.* "$work"/bringup.json "$work"/pids.json "$out/" 2>/dev/null

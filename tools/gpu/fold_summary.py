@@ -1,6 +1,6 @@
 """Summarise py-spy's raw (folded) samples: where the sampled threads spend their time.
 
-    python docs/results/gpu/fold_summary.py server.folded [--top 25] > server-summary.txt
+    python tools/gpu/fold_summary.py server.folded [--top 25] > server-summary.txt
 
 py-spy ``record --format raw`` writes one line per distinct stack, ``frame;frame;...;leaf COUNT``,
 with ``process PID:"cmdline"`` and ``thread (TID)`` frames first when --subprocesses/--threads are
