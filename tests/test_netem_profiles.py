@@ -297,16 +297,13 @@ def _ansible_env() -> dict[str, str]:
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def test_shaping_playbook_syntax_and_lint_production():
+def test_shaping_playbook_syntax():
+    """(ansible-lint's production profile covers this role and playbook with the whole tree: test_ansible_static.)"""
     bin_dir = Path(sys.executable).parent
     syntax = subprocess.run([str(bin_dir / "ansible-playbook"), "--syntax-check", "-i", "localhost,",
                              "playbooks/shaping.yml"], cwd=ROOT, env=_ansible_env(), capture_output=True, text=True,
                             timeout=120)
     assert syntax.returncode == 0, syntax.stdout + syntax.stderr
-    lint = subprocess.run([str(bin_dir / "ansible-lint"), "--profile", "production", "--offline", "--nocolor",
-                           "roles/netem", "playbooks/shaping.yml"], cwd=ROOT, env=_ansible_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
 
 
 def test_bad_profile_fails_in_one_line_before_any_host_is_touched(tmp_path):
