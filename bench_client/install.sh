@@ -3,6 +3,8 @@
 #   bash bench_client/install.sh            # creates ./.venv
 #   VENV=/opt/petals bash bench_client/install.sh
 #   WHEELHOUSE=/path/to/wheels bash bench_client/install.sh   # air-gapped: install from wheels only
+#   EXTRAS= bash bench_client/install.sh      # a swarm host: no Ansible, plots or test tools
+# EXTRAS (default controller,report,test: this machine runs everything) are pyproject's extras.
 # torch is kept when the interpreter already has it (GPU hosts, CUDA base images); otherwise
 # TORCH_SPEC is installed (default: the CPU build this project tests with).
 set -euo pipefail
@@ -12,6 +14,7 @@ VENV="${VENV:-$root/.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 PETALS_SPEC="petals==2.2.0.post1"
+EXTRAS="${EXTRAS-controller,report,test}"
 
 pip_args=(-q)
 if [[ -n "${WHEELHOUSE:-}" ]]; then pip_args+=(--no-index --find-links "$WHEELHOUSE"); fi
@@ -28,8 +31,8 @@ if ! "$py" -c 'import torch' 2>/dev/null; then
   echo "[install] torch: $TORCH_SPEC"
   "$py" -m pip install "${pip_args[@]}" "$TORCH_SPEC"
 fi
-echo "[install] harness and the Petals stack (constraints: bench_client/constraints.txt)"
-"$py" -m pip install "${pip_args[@]}" -c "$here/constraints.txt" -e "$root[test]"
+echo "[install] harness and the Petals stack (pinned in pyproject.toml; extras: ${EXTRAS:-none})"
+"$py" -m pip install "${pip_args[@]}" -e "$root${EXTRAS:+[$EXTRAS]}"
 # petals' own metadata pins hivemind==1.1.10.post2 (uninstallable): install it without deps.
-"$py" -m pip install "${pip_args[@]}" --no-deps -c "$here/constraints.txt" "$PETALS_SPEC"
+"$py" -m pip install "${pip_args[@]}" --no-deps "$PETALS_SPEC"
 "$py" -c 'import bench_client.compat as c; c.apply(); import petals; print("[install] ok: petals", petals.__version__)'

@@ -24,7 +24,7 @@ if [[ -f $root/README.md ]]; then cp "$root/README.md" "$ctx/src/"; else : >"$ct
 tar -C "$root" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' -cf - bench_client | tar -C "$ctx/src" -xf -
 # deps/: only what decides the installed dependencies (the Dockerfile's cached layer)
 cp "$ctx/src/pyproject.toml" "$ctx/src/README.md" "$ctx/deps/"
-for f in install.sh constraints.txt compat.py __init__.py; do
+for f in install.sh compat.py __init__.py; do
   if [[ -f $ctx/src/bench_client/$f ]]; then cp "$ctx/src/bench_client/$f" "$ctx/deps/bench_client/"; fi
 done
 : >>"$ctx/deps/bench_client/__init__.py"

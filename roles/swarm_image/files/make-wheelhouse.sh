@@ -7,14 +7,13 @@
 #                 image base's python3 (Debian bookworm: 3.11)
 #      TORCH_SPEC torch requirement (default: install.sh's); 'none' for a base that ships torch
 #                 (CUDA PyTorch images): torch and its CUDA wheels are then left out
-# The pins are the project's: bench_client/constraints.txt and pyproject.toml; nothing here re-pins.
+# The pins are the project's: pyproject.toml; nothing here re-pins.
 # Cached: DIR/.netbench-wheelhouse holds a key of the inputs; an up-to-date DIR is kept as it is.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="${NETBENCH_SOURCE:-$(cd "$here/../../.." && pwd)}"
 out=${1:-/var/cache/netbench/wheelhouse}
 PYTHON=${PYTHON:-python3}
-constraints="$root/bench_client/constraints.txt"
 # install.sh's defaults are the source of truth for torch and petals
 TORCH_SPEC=${TORCH_SPEC:-$(sed -n 's/^TORCH_SPEC="\${TORCH_SPEC:-\(.*\)}"$/\1/p' "$root/bench_client/install.sh")}
 PETALS_SPEC=$(sed -n 's/^PETALS_SPEC="\(.*\)"$/\1/p' "$root/bench_client/install.sh")
@@ -22,7 +21,7 @@ PETALS_SPEC=$(sed -n 's/^PETALS_SPEC="\(.*\)"$/\1/p' "$root/bench_client/install
 pytag=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 
 stamp="$out/.netbench-wheelhouse"
-key=$( { cat "$constraints" "$root/pyproject.toml" "$0"; echo "$TORCH_SPEC $PETALS_SPEC $pytag"; } | sha256sum | cut -c1-16)
+key=$( { cat "$root/pyproject.toml" "$0"; echo "$TORCH_SPEC $PETALS_SPEC $pytag"; } | sha256sum | cut -c1-16)
 if [[ -f $stamp ]] && grep -qx "key=$key" "$stamp"; then
   echo "[wheelhouse] $out up to date ($(ls "$out"/*.whl | wc -l) wheels, key $key)"
   exit 0
@@ -36,7 +35,7 @@ echo "[wheelhouse] resolving the project's dependencies for $pytag (torch: $TORC
 # A dry-run install resolves the whole closure under the project's constraints, whatever is
 # installed here, and reads only metadata.
 "$PYTHON" -m pip install -q --dry-run --ignore-installed --report "$work/report.json" \
-  -c "$constraints" "${torch_req[@]}" "$root[test]"
+  "${torch_req[@]}" "$root[test]"
 "$PYTHON" - "$work/report.json" "$TORCH_SPEC" >"$work/requirements.txt" <<'PY'
 import json, re, sys
 report, torch_spec = json.load(open(sys.argv[1])), sys.argv[2]
