@@ -109,7 +109,7 @@ def encode_request(request_id: str, argv: list[str]) -> bytes:
 def parse_reply(text: str, request_id: str) -> tuple[int, str] | None:
     """(exit status, output) once the reply to ``request_id`` is complete in ``text``, else None.
     Lines before the reply (an earlier, abandoned request's) are dropped with the id check."""
-    m = re.search(rf"(?:^|\n){TERMINATOR} {re.escape(request_id)} ([0-9]+)\n", text)
+    m = re.search(rf"^{TERMINATOR} {re.escape(request_id)} ([0-9]+)\n", text, re.MULTILINE)
     if not m:
         return None
     body = text[:m.start()]
@@ -300,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smp", type=int, default=2)
     parser.add_argument("--queues", type=int, default=1)
     parser.add_argument("--prefix", default="nbr")
-    parser.add_argument("command", nargs="*", help="exec: tc|ip ARGS...")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)  # exec's command follows "--"
+    args = parser.parse_args(argv[:split])
+    args.command = argv[split + 1:]
     try:
         if args.action == "up":
             if not args.bundle or not args.link:
