@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--netns", help="namespace qemu runs in (up)")
     parser.add_argument("--link", action="append", default=[],
                         help="up: INDEX=HOSTNS (repeatable); shape: INDEX")
-    parser.add_argument("--profile", help="shape: a paper profile name or none")
+    parser.add_argument("--profile", help="shape: a paper profile name, none, or a JSON dict (netem role syntax)")
+    parser.add_argument("--force", action="store_true", help="shape: apply values past netem's safety floors")
     parser.add_argument("--smp", type=int, default=2)
     parser.add_argument("--queues", type=int, default=1)
     parser.add_argument("--prefix", default="nbr")
@@ -312,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             router = up(args.dir, args.bundle, links, args.netns, args.prefix, args.smp, queues=args.queues)
             print(json.dumps({"changed": True, **router.state()}))
         elif args.action == "shape":
-            profile = netem.resolve_profile(args.profile)
+            spec = json.loads(args.profile) if (args.profile or "").lstrip().startswith("{") else args.profile
+            profile = netem.resolve_profile(spec, force=args.force)
             commands = []
             for index in args.link:
                 commands += Router(args.dir).shape(int(index), profile)
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"running": router.running(), **router.state()}))
         else:
             print(json.dumps(down(args.dir)))
-    except (RouterError, netem.ProfileError, daemon.DaemonError, OSError) as exc:
+    except (RouterError, netem.ProfileError, daemon.DaemonError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
