@@ -137,9 +137,12 @@ def shape_commands(index: int, profile: netem.Profile | None, ifb_qdiscs_json: s
                    ingress_present: bool) -> list[list[str]]:
     """Everything that takes link ``index`` to ``profile`` (None: unshaped), from the router's state:
     ``tc -j qdisc show dev IFB`` (None: no ifb yet) and whether the NIC has its ingress redirect.
-    The qdisc on the ifb is netem.plan's (same tree, same idempotence as the netem role's)."""
+    The qdisc on the ifb is netem.plan's (same tree, same idempotence as the netem role's); None
+    removes the redirect and the ifb (with its qdisc): the link is as the router booted."""
     if profile is None:
-        return netem.plan(ifb_name(index), ifb_qdiscs_json, None) if ifb_qdiscs_json else []
+        return (([["tc", "qdisc", "del", "dev", nic_name(index), "handle", INGRESS_HANDLE, "ingress"]]
+                 if ingress_present else [])
+                + ([["ip", "link", "del", ifb_name(index)]] if ifb_qdiscs_json is not None else []))
     return (ingress_redirect(index, ingress_present, ifb_qdiscs_json is not None)
             + netem.plan(ifb_name(index), ifb_qdiscs_json or "[]", profile, "netem"))
 

@@ -55,8 +55,9 @@ def test_changing_profile_replaces_only_the_netem_and_same_profile_is_a_no_op() 
     change = netem_router.shape_commands(1, PAPER["paper-100ms-100mbit"], IFB_10MS_100MBIT, True)
     assert change[0] == ["tc", "qdisc", "del", "dev", "ifb01", "root"]
     assert change[1][-6:] == ["delay", "100ms", "rate", "100mbit", "limit", "2250000"]
-    # none: the netem goes, the redirect stays (an ifb without qdisc forwards unshaped)
-    assert netem_router.shape_commands(1, None, IFB_10MS_100MBIT, True) == [["tc", "qdisc", "del", "dev", "ifb01", "root"]]
+    # none: the redirect and the ifb go (with the netem on it): the link is as the router booted
+    assert netem_router.shape_commands(1, None, IFB_10MS_100MBIT, True) == [
+        ["tc", "qdisc", "del", "dev", "n01", "handle", "ffff:", "ingress"], ["ip", "link", "del", "ifb01"]]
     assert netem_router.shape_commands(1, None, None, False) == []
 
 
