@@ -82,9 +82,25 @@ def router_vars(lab_dir: Path, python: str) -> dict:
             "netem_router_python": python, "netem_router_pythonpath": str(Path(__file__).resolve().parents[1])}
 
 
+NSH = """#!/bin/sh
+# Ansible's shell for lab host {name} (connection local): everything it runs runs in {netns}
+exec ip netns exec {netns} /bin/sh "$@"
+"""
+
+
+def write_shell_wrappers(lab_dir: Path, hosts: list[LabHost]) -> None:
+    """connection local: one shell per host that enters its namespace (no sshd needed)."""
+    for host in hosts:
+        path = lab_dir / f"nsh-{host.name}"
+        path.write_text(NSH.format(name=host.name, netns=host.netns))
+        path.chmod(0o755)
+
+
 def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_per_host: int = 1,
-                    router: bool = False) -> Path:
-    """hosts.yml for the lab: h1 runs the DHT and the client, the rest are shaped servers."""
+                    router: bool = False, connection: str = "ssh") -> Path:
+    """hosts.yml for the lab: h1 runs the DHT and the client, the rest are shaped servers. With
+    ``connection`` local, Ansible runs in the machine's own namespace and enters each host's
+    namespace through its shell (ansible_shell_executable): no sshd, no controller namespace."""
     ctl = lab_dir / "cp"
     ctl.mkdir(exist_ok=True)
     ssh_args = (f"-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o ControlMaster=auto "
@@ -121,16 +137,25 @@ def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_pe
     }
     if router:
         inventory["all"]["vars"].update(router_vars(lab_dir, python))
+    if connection == "local":
+        for name in ("ansible_user", "ansible_ssh_private_key_file", "ansible_ssh_common_args"):
+            del inventory["all"]["vars"][name]
+        inventory["all"]["vars"]["ansible_connection"] = "local"
+        for h in hosts:
+            host_vars[h.name]["ansible_shell_executable"] = str(lab_dir / f"nsh-{h.name}")
     path = lab_dir / "hosts.yml"
     path.write_text("# written by python -m bench_client.netns_lab up\n" + json.dumps(inventory, indent=2) + "\n")
     return path
 
 
 def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_host: int = 1,
-       prefix: str = PREFIX, router_bundle: Path | None = None) -> Path:
+       prefix: str = PREFIX, router_bundle: Path | None = None, connection: str = "ssh") -> Path:
     """Create the namespaces, the bridge, one sshd per host; return the inventory path. With
     ``router_bundle`` the hosts also get eth1 on a data network through a netem router VM (qemu in
-    the controller namespace), which carries the swarm's traffic and its shaping."""
+    the controller namespace), which carries the swarm's traffic and its shaping. ``connection``
+    local starts no sshd (hosts without one, e.g. the GPU hosts): see write_inventory."""
+    if connection not in ("ssh", "local"):
+        raise ValueError(f"connection {connection!r}: ssh or local")
     if count < 2:
         raise ValueError("the lab needs at least 2 hosts (one DHT/client, one server)")
     if router_bundle is not None and not (router_bundle / "bin" / "qemu").exists():
@@ -138,11 +163,12 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
     lab_dir.mkdir(parents=True, exist_ok=True)
     state = {"prefix": prefix, "hosts": [], "created_run_sshd": False, "router": bool(router_bundle)}
     (lab_dir / "lab.json").write_text(json.dumps(state))
-    if not (lab_dir / "id_ed25519").exists():
+    if connection == "ssh" and not (lab_dir / "id_ed25519").exists():
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "id_ed25519"))
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "ssh_host_ed25519_key"))
-    (lab_dir / "authorized_keys").write_text((lab_dir / "id_ed25519.pub").read_text())
-    if not Path("/run/sshd").exists():  # sshd's privilege separation directory
+    if connection == "ssh":
+        (lab_dir / "authorized_keys").write_text((lab_dir / "id_ed25519.pub").read_text())
+    if connection == "ssh" and not Path("/run/sshd").exists():  # sshd's privilege separation directory
         Path("/run/sshd").mkdir(mode=0o755)
         state["created_run_sshd"] = True
     ctl = controller_netns(prefix)
@@ -165,6 +191,8 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
         _run("ip", "link", "set", "lo", "up", netns=host.netns)
         _run("ip", "addr", "add", f"{host.address}/24", "dev", "eth0", netns=host.netns)
         _run("ip", "link", "set", "eth0", "up", netns=host.netns)
+        if connection == "local":
+            continue
         config = lab_dir / f"sshd-{host.name}.conf"
         config.write_text(SSHD_CONFIG.format(address=host.address, dir=lab_dir, name=host.name))
         log = open(lab_dir / f"sshd-{host.name}.log", "ab")
@@ -175,8 +203,12 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
         (lab_dir / "lab.json").write_text(json.dumps(state))
     if router_bundle is not None:
         start_router(lab_dir, router_bundle, lab_hosts(count, prefix), ctl, prefix)
-    inventory = write_inventory(lab_dir, lab_hosts(count, prefix), python, servers_per_host, router_bundle is not None)
-    wait_for_ssh(lab_dir, lab_hosts(count, prefix), ctl)
+    inventory = write_inventory(lab_dir, lab_hosts(count, prefix), python, servers_per_host, router_bundle is not None,
+                                connection)
+    if connection == "local":
+        write_shell_wrappers(lab_dir, lab_hosts(count, prefix))
+    else:
+        wait_for_ssh(lab_dir, lab_hosts(count, prefix), ctl)
     return inventory
 
 
@@ -308,13 +340,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="Python with bench_client, used on every host")
     parser.add_argument("--router-vm", type=Path, metavar="BUNDLE_DIR",
                         help="route the hosts' data traffic through a netem router VM of this bundle (docs/netem-router.md)")
+    parser.add_argument("--connection", choices=["ssh", "local"], default="ssh",
+                        help="local: no sshd; Ansible enters each namespace through a shell wrapper")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("error: the lab needs root (network namespaces, sshd)", file=sys.stderr)
         return 2
     if args.action == "up":
         try:
-            print(up(args.dir, args.hosts, args.python, args.servers_per_host, router_bundle=args.router_vm))
+            print(up(args.dir, args.hosts, args.python, args.servers_per_host, router_bundle=args.router_vm,
+                     connection=args.connection))
         except (RuntimeError, ValueError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", "") or ""
             print(f"error: {exc} {detail}".strip(), file=sys.stderr)

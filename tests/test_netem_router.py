@@ -6,6 +6,7 @@ unshaped, a paper profile applied and changed through the control channel while 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,8 +100,10 @@ def test_cli_refuses_bad_input_before_touching_anything(tmp_path: Path) -> None:
 
 
 def bundle() -> Path:
-    subprocess.run(["bash", str(ROOT / "tools" / "netem-router" / "build-bundle.sh")], check=True, timeout=900)
-    return ROOT / "build" / "netem-router" / "bundle"
+    """The router bundle, cached like the test VMs' image (.ci/setup.d/35-netem-router.sh builds it)."""
+    out = Path(os.environ.get("NETBENCH_ROUTER_CACHE", "/var/cache/netbench-router")) / "bundle"
+    subprocess.run(["bash", str(ROOT / "tools" / "netem-router" / "build-bundle.sh"), str(out)], check=True, timeout=900)
+    return out
 
 
 def _ns(name: str, *argv: str, **kw) -> subprocess.CompletedProcess:

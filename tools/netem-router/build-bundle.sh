@@ -5,8 +5,8 @@
 #   qemu/            qemu-system-x86_64, its TCG accelerator module, every shared library it needs
 #                    (glibc and its loader too: bin/qemu starts it through the bundled ld.so, so the
 #                    host's libraries do not matter) and the qboot firmware
-#   iproute2/        Debian bookworm's ip and tc + their libraries (apt-get download + dpkg -x), for
-#                    hosts without iproute2: bin/ip and bin/tc set LD_LIBRARY_PATH
+#   iproute2/        Debian bookworm's ip, tc, ping, iperf3 + their libraries (apt-get download +
+#                    dpkg -x), for hosts without them: bin/ip, bin/tc, ... set LD_LIBRARY_PATH
 # into OUT (default build/netem-router/bundle) and OUT.tar.xz; skipped while the recipe is unchanged.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,12 +29,15 @@ kernel_pkg() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Dep
 kpkg=$(kernel_pkg)
 [ -n "$kpkg" ] || { apt-get update -qq && kpkg=$(kernel_pkg); }
 [ -n "$kpkg" ] || { echo "cannot find Debian's linux-image-cloud-amd64 in apt" >&2; exit 1; }
-ipkgs=(iproute2 libbpf1 libcap2 libelf1 libmnl0 libxtables12 libbsd0 libmd0)
+# iperf3 and ping: what the netem role measures with, also missing on a bare GPU host
+ipkgs=(iproute2 libbpf1 libcap2 libelf1 libmnl0 libxtables12 libbsd0 libmd0 iperf3 libiperf0 libsctp1 iputils-ping)
 (cd "$work/debs" && apt-get download -o APT::Sandbox::User=root "$kpkg" "${ipkgs[@]}" >/dev/null)
 for p in "${ipkgs[@]}"; do dpkg-deb -x "$work"/debs/"${p}"_*.deb "$work/ipr"; done
-for tool in ip tc; do cp -L "$(ls "$work"/ipr/{bin,sbin}/"$tool" 2>/dev/null | head -n1)" "$b/iproute2/"; done
+for tool in ip tc ping iperf3; do
+  cp -L "$(ls "$work"/ipr/{bin,sbin,usr/bin,usr/sbin}/"$tool" 2>/dev/null | head -n1)" "$b/iproute2/"
+done
 for lib in "$work"/ipr/usr/lib/x86_64-linux-gnu/*.so.* "$work"/ipr/lib/x86_64-linux-gnu/*.so.*; do [ -e "$lib" ] && cp -L "$lib" "$b/iproute2/lib/"; done
-for tool in ip tc; do
+for tool in ip tc ping iperf3; do
   cat >"$b/bin/$tool" <<SH
 #!/bin/sh
 d=\$(cd "\$(dirname "\$0")/.." && pwd)
