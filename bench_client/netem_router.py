@@ -11,6 +11,7 @@ The client/DHT NIC stays unshaped.
     python -m bench_client.netem_router shape --dir D --link 2 --profile paper-10ms-1gbit
     python -m bench_client.netem_router exec --dir D -- tc -s qdisc show
     python -m bench_client.netem_router status|down --dir D
+    python -m bench_client.netem_router bench --dir D --bundle B [--smp N]   # the router's own limits
 
 Control channel: a second serial port of the guest, backed by a unix socket in DIR (0700, root).
 The guest's agent runs only ``tc``/``ip`` argv lines of [A-Za-z0-9 ._:/=+-]; the tc lines come from
@@ -291,9 +292,56 @@ def down(router_dir: Path) -> dict:
     return result
 
 
+def measure_pair(client_ns: str, server_ns: str, address: str, seconds: int = 4, pings: int = 10) -> dict[str, float]:
+    """ping + iperf3 from ``client_ns`` to ``address`` in ``server_ns`` (what the client's host
+    sends), parsed by bench_client.netem; the iperf3 server is stopped by its process group."""
+    def in_ns(ns: str, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=120)
+
+    pidfile = Path(f"/tmp/nb-router-iperf-{os.getpid()}.json")
+    daemon.start(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", address], pidfile, Path(os.devnull))
+    try:
+        result = netem.parse_ping(in_ns(client_ns, "ping", "-c", str(pings), "-i", "0.2", address).stdout)
+        for _ in range(30):  # until the server listens
+            run = in_ns(client_ns, "iperf3", "-c", address, "-t", str(seconds), "-O", "1", "-J")
+            if run.returncode == 0:
+                break
+            time.sleep(0.2)
+        result.update(netem.parse_iperf3(run.stdout))
+    finally:
+        daemon.stop(pidfile, timeout=5)
+    return result
+
+
+def bench(bundle: Path, work: Path, smp: int = 2, queues: int = 1, prefix: str = "nbrb") -> dict:
+    """The router's own limits and each paper profile between two namespaces (link 1 shaped, the
+    server role; link 2 unshaped, the client role): boot time, then rate/RTT per profile."""
+    names = [f"{prefix}q", f"{prefix}a", f"{prefix}b"]
+    report: dict = {"smp": smp, "queues": queues, "cores": os.cpu_count(), "profiles": {}}
+    for n in names:
+        subprocess.run(["ip", "netns", "add", n], check=True)
+    try:
+        router = up(work, bundle.resolve(), {1: names[1], 2: names[2]}, netns=names[0], prefix=prefix, smp=smp,
+                    queues=queues)
+        report["boot_s"] = router.state()["boot_s"]
+        for i, ns in ((1, names[1]), (2, names[2])):
+            _ip(ns, "addr", "add", f"10.216.0.{i}/24", "dev", tap_name(prefix, i))
+            _ip(ns, "link", "set", tap_name(prefix, i), "up")
+        for name in [netem.NO_SHAPING, *netem.PAPER_PROFILES]:
+            profile = netem.resolve_profile(name)
+            router.shape(1, profile)
+            measured = measure_pair(names[1], names[2], "10.216.0.2")
+            report["profiles"][name] = {**measured, "problems": netem.judge(profile, None, measured) if profile else []}
+    finally:
+        down(work)
+        for n in names:
+            subprocess.run(["ip", "netns", "delete", n], capture_output=True)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench_client.netem_router", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=["up", "shape", "exec", "status", "down"])
+    parser.add_argument("action", choices=["up", "shape", "exec", "status", "down", "bench"])
     parser.add_argument("--dir", type=Path, required=True, help="router state: pidfile, console, control socket")
     parser.add_argument("--bundle", type=Path, help="unpacked bundle (up)")
     parser.add_argument("--netns", help="namespace qemu runs in (up)")
@@ -326,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             rc, out = Router(args.dir).exec(args.command)
             sys.stdout.write(out)
             return rc
+        elif args.action == "bench":
+            if not args.bundle:
+                raise RouterError("bench needs --bundle")
+            print(json.dumps(bench(args.bundle, args.dir, args.smp, args.queues), indent=1))
         elif args.action == "status":
             router = Router(args.dir)
             print(json.dumps({"running": router.running(), **router.state()}))

@@ -110,24 +110,6 @@ def _ns(name: str, *argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", name, *argv], capture_output=True, text=True, **kw)
 
 
-def measure(client: str, server: str, address: str, seconds: int = 4) -> dict[str, float]:
-    """ping + iperf3 (client -> server, i.e. what the client's host sends) between two namespaces."""
-    iperf = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-B", address],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        result = netem.parse_ping(_ns(client, "ping", "-c", "10", "-i", "0.2", address, timeout=30).stdout)
-        for _ in range(30):  # the server is listening once a connection is refused no more
-            run = _ns(client, "iperf3", "-c", address, "-t", str(seconds), "-O", "1", "-J", timeout=60)
-            if run.returncode == 0:
-                break
-            subprocess.run(["sleep", "0.2"])
-        result.update(netem.parse_iperf3(run.stdout))
-    finally:
-        iperf.kill()
-        iperf.wait()
-    return result
-
-
 @pytest.mark.root
 @pytest.mark.slow
 def test_router_forwards_fast_and_shapes_what_a_server_sends(tmp_path: Path) -> None:
@@ -144,17 +126,17 @@ def test_router_forwards_fast_and_shapes_what_a_server_sends(tmp_path: Path) -> 
         for i, ns in ((1, names[1]), (2, names[2])):
             for args in (["addr", "add", f"10.215.0.{i}/24", "dev", f"nbrtrt{i}"], ["link", "set", f"nbrtrt{i}", "up"]):
                 subprocess.run(["ip", "-n", ns, *args], check=True)
-        plain = measure(names[1], names[2], "10.215.0.2")
+        plain = netem_router.measure_pair(names[1], names[2], "10.215.0.2")
         print("unshaped", plain)
         assert plain["rate_mbit"] > 1000 * 1.05, "the router itself would cap the 1 Gbit profile"
         assert plain["rtt_median_ms"] < 3
         # host a is a server: paper-10ms-100mbit on what it sends
         router.shape(1, PAPER["paper-10ms-100mbit"])
         assert router.shape(1, PAPER["paper-10ms-100mbit"]) == []  # idempotent
-        shaped = measure(names[1], names[2], "10.215.0.2")
+        shaped = netem_router.measure_pair(names[1], names[2], "10.215.0.2")
         print("paper-10ms-100mbit", shaped)
         assert netem.judge(PAPER["paper-10ms-100mbit"], None, shaped) == []
-        back = measure(names[2], names[1], "10.215.0.1")  # b is the unshaped client: its sending is fast
+        back = netem_router.measure_pair(names[2], names[1], "10.215.0.1")  # b is the unshaped client: its sending is fast
         assert back["rate_mbit"] > 200, back
         router.shape(1, PAPER["paper-100ms-100mbit"])  # a change while running: no reboot
         assert netem_router.Router(rdir).state()["started"] == router.state()["started"]
