@@ -149,7 +149,7 @@ def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_pe
 
 
 def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_host: int = 1,
-       prefix: str = PREFIX, router_bundle: Path | None = None, connection: str = "ssh") -> Path:
+       prefix: str = PREFIX, router_bundle: Path | None = None, connection: str = "ssh", router_smp: int = 2) -> Path:
     """Create the namespaces, the bridge, one sshd per host; return the inventory path. With
     ``router_bundle`` the hosts also get eth1 on a data network through a netem router VM (qemu in
     the controller namespace), which carries the swarm's traffic and its shaping. ``connection``
@@ -202,7 +202,7 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
         state["hosts"][-1]["sshd_pgid"] = proc.pid
         (lab_dir / "lab.json").write_text(json.dumps(state))
     if router_bundle is not None:
-        start_router(lab_dir, router_bundle, lab_hosts(count, prefix), ctl, prefix)
+        start_router(lab_dir, router_bundle, lab_hosts(count, prefix), ctl, prefix, router_smp)
     inventory = write_inventory(lab_dir, lab_hosts(count, prefix), python, servers_per_host, router_bundle is not None,
                                 connection)
     if connection == "local":
@@ -212,12 +212,12 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
     return inventory
 
 
-def start_router(lab_dir: Path, bundle: Path, hosts: list[LabHost], ctl: str, prefix: str) -> None:
+def start_router(lab_dir: Path, bundle: Path, hosts: list[LabHost], ctl: str, prefix: str, smp: int = 2) -> None:
     """Boot the router VM with one NIC per host; its tap becomes the host's eth1."""
     from bench_client import netem_router
 
     links = {index: h.netns for index, h in enumerate(hosts, start=1)}
-    router = netem_router.up(lab_dir / "router", bundle.resolve(), links, netns=ctl, prefix=prefix)
+    router = netem_router.up(lab_dir / "router", bundle.resolve(), links, netns=ctl, prefix=prefix, smp=smp)
     for index, host in enumerate(hosts, start=1):
         tap = router.state()["taps"][str(index)]
         _run("ip", "link", "set", tap, "name", "eth1", netns=host.netns)
@@ -295,11 +295,12 @@ def down(lab_dir: Path) -> None:
 
 @contextmanager
 def lab(lab_dir: Path, count: int = 3, python: str = sys.executable, prefix: str = PREFIX,
-        router_bundle: Path | None = None) -> Iterator[Path]:
+        router_bundle: Path | None = None, connection: str = "ssh") -> Iterator[Path]:
     """``up`` for the body of a ``with`` (yields the inventory), ``down`` after it, even on failure;
     checks that no namespace of the lab is left."""
     try:
-        yield up(lab_dir, count=count, python=python, prefix=prefix, router_bundle=router_bundle)
+        yield up(lab_dir, count=count, python=python, prefix=prefix, router_bundle=router_bundle,
+                 connection=connection)
     finally:
         down(lab_dir)
     left = [ns for ns in _run("ip", "netns", "list").stdout.split() if ns.startswith(f"{prefix}-")]
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="Python with bench_client, used on every host")
     parser.add_argument("--router-vm", type=Path, metavar="BUNDLE_DIR",
                         help="route the hosts' data traffic through a netem router VM of this bundle (docs/netem-router.md)")
+    parser.add_argument("--router-smp", type=int, default=2, help="vCPUs of the router VM (multi-threaded TCG)")
     parser.add_argument("--connection", choices=["ssh", "local"], default="ssh",
                         help="local: no sshd; Ansible enters each namespace through a shell wrapper")
     args = parser.parse_args(argv)
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "up":
         try:
             print(up(args.dir, args.hosts, args.python, args.servers_per_host, router_bundle=args.router_vm,
-                     connection=args.connection))
+                     connection=args.connection, router_smp=args.router_smp))
         except (RuntimeError, ValueError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", "") or ""
             print(f"error: {exc} {detail}".strip(), file=sys.stderr)

@@ -1,6 +1,8 @@
 """The router path through Ansible, for real: an emulated 3-host lab (network namespaces with sshd)
 whose data traffic crosses the netem router VM (tools/netem-router/, Debian's cloud kernel under
-qemu TCG), on this machine whose own kernel has no sch_netem, like the GPU hosts. The runner shapes
+qemu TCG), on this machine whose own kernel has no sch_netem, like the GPU hosts, and without sshd
+as there (connection local: each host's tasks enter its namespace through a shell wrapper; the ssh
+lab with the router was run by hand, docs/netem-router.md). The runner shapes
 the servers with a paper profile inside the router (netem_backend: router), measures it from the
 hosts, records it in every row, runs netbench/tiny; cleanup then leaves no shaping in the router,
 and the lab's teardown no VM, no namespace."""
@@ -8,7 +10,6 @@ and the lab's teardown no VM, no namespace."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,15 +21,14 @@ from tests.test_netem_router import bundle
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-# the hosts' Python (over ssh: no PYTHONPATH); a wrapper setting PYTHONPATH for a worktree checkout
-PYTHON = os.environ.get("NETBENCH_LAB_PYTHON", sys.executable)
 PROFILE = "paper-10ms-100mbit"
 
 
 def test_swarm_through_the_router_vm_shaped_measured_and_cleaned(tmp_path_factory: pytest.TempPathFactory) -> None:
     b = bundle()
     lab_dir = tmp_path_factory.mktemp("rlab")  # short: ssh's ControlPath must stay under 108 bytes
-    with netns_lab.lab(lab_dir, count=3, python=PYTHON, prefix=PREFIX, router_bundle=b) as inventory:
+    with netns_lab.lab(lab_dir, count=3, python=sys.executable, prefix=PREFIX, router_bundle=b,
+                        connection="local") as inventory:
         router = netem_router.Router(lab_dir / "router")
         assert router.running()
         # 10 pings: the median must not be one packet that met a busy 2-core CI machine; the router
