@@ -5,8 +5,10 @@ unshaped, a paper profile applied and changed through the control channel while 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +98,20 @@ def test_cli_refuses_bad_input_before_touching_anything(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_module_closure_orders_dependencies_first(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("kmod_closure", ROOT / "tools" / "netem-router" / "kmod-closure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "modules.dep").write_text(
+        "kernel/net/sched/sch_netem.ko:\n"
+        "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n"
+        "kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n"
+        "kernel/net/core/failover.ko:\n")
+    assert module.closure(str(tmp_path / "modules.dep"), ["virtio_net", "sch_netem", "virtio_pci"]) == [
+        "kernel/net/core/failover.ko", "kernel/drivers/net/net_failover.ko", "kernel/drivers/net/virtio_net.ko",
+        "kernel/net/sched/sch_netem.ko"]  # virtio_pci: not in modules.dep, built in
+
+
 # --- the real router ----------------------------------------------------------------------------
 
 
@@ -144,6 +160,10 @@ def test_router_forwards_fast_and_shapes_what_a_server_sends(tmp_path: Path) -> 
         assert 100 <= slow["rtt_min_ms"] < 106, slow
         rc, out = router.exec(["tc", "-s", "qdisc", "show", "dev", "ifb01"])
         assert rc == 0 and "delay 100ms" in out
+        # a router killed mid-run: every later command fails loudly, none hangs
+        os.killpg(json.loads(router.pidfile.read_text())["pgid"], signal.SIGKILL)
+        with pytest.raises(RouterError, match="is not running"):
+            router.shape(1, PAPER["paper-10ms-1gbit"])
     finally:
         netem_router.down(rdir)
         for n in names:
