@@ -169,3 +169,20 @@ def test_router_forwards_fast_and_shapes_what_a_server_sends(tmp_path: Path) -> 
         for n in names:
             subprocess.run(["ip", "netns", "delete", n], capture_output=True)
     assert not netem_router.Router(rdir).running()
+
+
+def test_lab_inventory_in_router_mode_with_local_connection(tmp_path: Path) -> None:
+    """What netns_lab writes for the GPU hosts' way: data on eth1 through the router, the netem role's
+    router backend, no ssh settings, one namespace-entering shell per host."""
+    from bench_client import netns_lab
+
+    hosts = netns_lab.lab_hosts(3, "nbx")
+    inventory = json.loads((netns_lab.write_inventory(tmp_path, hosts, "/usr/bin/python3", router=True,
+                                                       connection="local")).read_text().split("\n", 1)[1])
+    all_vars, host_vars = inventory["all"]["vars"], inventory["all"]["hosts"]
+    assert all_vars["netem_backend"] == "router" and all_vars["netem_interface"] == "eth1"
+    assert all_vars["ansible_connection"] == "local" and "ansible_ssh_common_args" not in all_vars
+    assert host_vars["h2"] == {"ansible_host": "10.213.0.12", "netbench_address": "10.213.1.12", "netem_router_link": 2,
+                               "ansible_shell_executable": str(tmp_path / "nsh-h2")}
+    netns_lab.write_shell_wrappers(tmp_path, hosts)
+    assert "exec ip netns exec nbx-h2 /bin/sh" in (tmp_path / "nsh-h2").read_text()
