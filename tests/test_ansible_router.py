@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench_client import netem_router, netns_lab
+from bench_client.netem import router as netem_router
+from bench_client.netem import lab as netns_lab
 from tests.test_ansible_emulated import PREFIX, SWEEP, petals_netbench
 from tests.test_netem_router import bundle
 

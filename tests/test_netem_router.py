@@ -1,4 +1,4 @@
-"""The netem router VM (bench_client.netem_router, tools/netem-router/): its pure functions without a
+"""The netem router VM (bench_client.netem.router, tools/netem-router/): its pure functions without a
 kernel, then the real router (Debian's cloud kernel under qemu TCG, built by build-bundle.sh) between
 two network namespaces of this machine, whose own kernel has no sch_netem: forwarding rate and RTT
 unshaped, a paper profile applied and changed through the control channel while the router runs."""
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bench_client import netem, netem_router
-from bench_client.netem_router import RouterError
+from bench_client.netem import profiles as netem
+from bench_client.netem import router as netem_router
+from bench_client.netem.router import RouterError
 
 ROOT = Path(__file__).resolve().parents[1]
 # `tc -j qdisc show dev ifb01` in the router after shaping with paper-10ms-100mbit (recorded there).
@@ -92,7 +93,7 @@ def test_cli_refuses_bad_input_before_touching_anything(tmp_path: Path) -> None:
                           (["up", "--dir", str(tmp_path), "--bundle", str(tmp_path), "--link", "1=x"], "not a netem router bundle"),
                           (["shape", "--dir", str(tmp_path), "--link", "1", "--profile", "paper-1ms"], "unknown profile"),
                           (["exec", "--dir", str(tmp_path), "--", "sh", "-c", "x"], "only tc and ip")):
-        proc = subprocess.run([sys.executable, "-m", "bench_client.netem_router", *args], capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "bench_client.netem.router", *args], capture_output=True,
                               text=True, cwd=ROOT)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
     assert not list(tmp_path.iterdir())
@@ -174,7 +175,7 @@ def test_router_forwards_fast_and_shapes_what_a_server_sends(tmp_path: Path) -> 
 def test_lab_inventory_in_router_mode_with_local_connection(tmp_path: Path) -> None:
     """What netns_lab writes for the GPU hosts' way: data on eth1 through the router, the netem role's
     router backend, no ssh settings, one namespace-entering shell per host."""
-    from bench_client import netns_lab
+    from bench_client.netem import lab as netns_lab
 
     hosts = netns_lab.lab_hosts(3, "nbx")
     inventory = json.loads((netns_lab.write_inventory(tmp_path, hosts, "/usr/bin/python3", router=True,

@@ -26,18 +26,18 @@ playbook() { python3 -m ansible.cli.playbook -i "$lab/hosts.yml" site.yml -e res
 cleanup() {
   playbook --tags cleanup >"$out/cleanup.log" 2>&1 || echo "cleanup play failed: see $out/cleanup.log" >&2
   cp -r "$lab/router/console.log" "$out/router-console.log" 2>/dev/null || true
-  python3 -m bench_client.netns_lab down --dir "$lab"
+  python3 -m bench_client.netem.lab down --dir "$lab"
 }
 trap cleanup EXIT
 nproc >"$out/host.txt"; uname -r >>"$out/host.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/host.txt"
 smp=${ROUTER_SMP:-4}
 # the router's own limits on this host first (unshaped rate/RTT, each paper profile; ~1 min)
-python3 -m bench_client.netem_router bench --dir /tmp/netem-router-bench --bundle "$bundle" --smp "$smp" \
+python3 -m bench_client.netem.router bench --dir /tmp/netem-router-bench --bundle "$bundle" --smp "$smp" \
   | tee "$out/router-bench.json"
 # h1: DHT + client (unshaped); h2..: one Petals server each, shaped inside the router
-python3 -m bench_client.netns_lab up --dir "$lab" --hosts $((servers + 1)) --router-vm "$bundle" --router-smp "$smp" \
+python3 -m bench_client.netem.lab up --dir "$lab" --hosts $((servers + 1)) --router-vm "$bundle" --router-smp "$smp" \
   --connection local --python "$(command -v python3)" | tee "$out/lab.txt"
-python3 -m bench_client.netem_router status --dir "$lab/router" | tee "$out/router.json"
+python3 -m bench_client.netem.router status --dir "$lab/router" | tee "$out/router.json"
 playbook -e model="$model" -e netbench_device=cuda \
   -e profiles=none,paper-10ms-1gbit,paper-10ms-100mbit,paper-100ms-100mbit "$@" 2>&1 | tee "$out/site.log"

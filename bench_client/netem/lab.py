@@ -1,9 +1,9 @@
 """An emulated multi-host cluster on one machine (root): every host a network namespace with its
 own address and its own sshd, all on a bridge inside a controller namespace the lab owns.
 
-    python -m bench_client.netns_lab up --dir /tmp/netbench-lab --hosts 3     # writes DIR/hosts.yml
+    python -m bench_client.netem.lab up --dir /tmp/netbench-lab --hosts 3     # writes DIR/hosts.yml
     ip netns exec nbl-ctl petals-netbench -i /tmp/netbench-lab/hosts.yml -p none,rate20 ...
-    python -m bench_client.netns_lab down --dir /tmp/netbench-lab
+    python -m bench_client.netem.lab down --dir /tmp/netbench-lab
 
 Ansible runs inside the controller namespace (``nbl-ctl``) and reaches the hosts over real ssh; no
 traffic leaves the namespaces the lab made. The first host plays the DHT and the client, the others
@@ -144,7 +144,7 @@ def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_pe
         for h in hosts:
             host_vars[h.name]["ansible_shell_executable"] = str(lab_dir / f"nsh-{h.name}")
     path = lab_dir / "hosts.yml"
-    path.write_text("# written by python -m bench_client.netns_lab up\n" + json.dumps(inventory, indent=2) + "\n")
+    path.write_text("# written by python -m bench_client.netem.lab up\n" + json.dumps(inventory, indent=2) + "\n")
     return path
 
 
@@ -214,7 +214,7 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
 
 def start_router(lab_dir: Path, bundle: Path, hosts: list[LabHost], ctl: str, prefix: str, smp: int = 2) -> None:
     """Boot the router VM with one NIC per host; its tap becomes the host's eth1."""
-    from bench_client import netem_router
+    from bench_client.netem import router as netem_router
 
     links = {index: h.netns for index, h in enumerate(hosts, start=1)}
     router = netem_router.up(lab_dir / "router", bundle.resolve(), links, netns=ctl, prefix=prefix, smp=smp)
@@ -246,7 +246,7 @@ def namespace_pids(netns: str) -> list[int]:
 
 
 def _stop_group(pgid: int, timeout: float = 10.0) -> None:
-    from bench_client.daemon import group_members
+    from bench_client.core.daemon import group_members
 
     sig = signal.SIGTERM
     deadline = time.monotonic() + timeout
@@ -268,7 +268,7 @@ def down(lab_dir: Path) -> None:
         return
     ctl = state.get("controller")
     if state.get("router"):
-        from bench_client import netem_router
+        from bench_client.netem import router as netem_router
 
         netem_router.down(lab_dir / "router")  # qemu by its process group; its taps die with it
     for sock in (lab_dir / "cp").glob("*") if (lab_dir / "cp").exists() else []:
@@ -333,7 +333,7 @@ def leftovers(host: LabHost) -> tuple[dict[int, str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.netns_lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.netem.lab", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, required=True, help="lab state: keys, sshd configs, hosts.yml")
     parser.add_argument("--hosts", type=int, default=3)

@@ -7,15 +7,15 @@ to an ifb whose root qdisc is the profile's netem (the paper's "egress of every 
 aggregate of a server's traffic to all peers crosses one netem, as on the server's own NIC).
 The client/DHT NIC stays unshaped.
 
-    python -m bench_client.netem_router up --dir D --bundle B --netns NS --link HOSTNS:ADDR/24 ...
-    python -m bench_client.netem_router shape --dir D --link 2 --profile paper-10ms-1gbit
-    python -m bench_client.netem_router exec --dir D -- tc -s qdisc show
-    python -m bench_client.netem_router status|down --dir D
-    python -m bench_client.netem_router bench --dir D --bundle B [--smp N]   # the router's own limits
+    python -m bench_client.netem.router up --dir D --bundle B --netns NS --link HOSTNS:ADDR/24 ...
+    python -m bench_client.netem.router shape --dir D --link 2 --profile paper-10ms-1gbit
+    python -m bench_client.netem.router exec --dir D -- tc -s qdisc show
+    python -m bench_client.netem.router status|down --dir D
+    python -m bench_client.netem.router bench --dir D --bundle B [--smp N]   # the router's own limits
 
 Control channel: a second serial port of the guest, backed by a unix socket in DIR (0700, root).
 The guest's agent runs only ``tc``/``ip`` argv lines of [A-Za-z0-9 ._:/=+-]; the tc lines come from
-the pure functions below (and bench_client.netem.plan), so profiles change while the swarm's TCP
+the pure functions below (and bench_client.netem.profiles.plan), so profiles change while the swarm's TCP
 connections stay up.
 """
 
@@ -34,7 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_client import daemon, netem
+from bench_client.core import daemon
+from bench_client.netem import profiles as netem
 
 ALLOWED = re.compile(r"[A-Za-z0-9 ._:/=+-]+")
 TERMINATOR = "@@nb"
@@ -294,7 +295,7 @@ def down(router_dir: Path) -> dict:
 
 def measure_pair(client_ns: str, server_ns: str, address: str, seconds: int = 4, pings: int = 10) -> dict[str, float]:
     """ping + iperf3 from ``client_ns`` to ``address`` in ``server_ns`` (what the client's host
-    sends), parsed by bench_client.netem; the iperf3 server is stopped by its process group."""
+    sends), parsed by bench_client.netem.profiles; the iperf3 server is stopped by its process group."""
     def in_ns(ns: str, *argv: str) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=120)
 
@@ -340,7 +341,7 @@ def bench(bundle: Path, work: Path, smp: int = 2, queues: int = 1, prefix: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.netem_router", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.netem.router", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["up", "shape", "exec", "status", "down", "bench"])
     parser.add_argument("--dir", type=Path, required=True, help="router state: pidfile, console, control socket")
     parser.add_argument("--bundle", type=Path, help="unpacked bundle (up)")
