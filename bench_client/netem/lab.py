@@ -28,6 +28,8 @@ from pathlib import Path
 PREFIX = os.environ.get("NETBENCH_LAB_PREFIX", "nbl")
 SUBNET = os.environ.get("NETBENCH_LAB_SUBNET", "10.213.0")  # /24 inside the lab's own namespaces only
 CONTROLLER_ADDRESS = f"{SUBNET}.1"
+# router mode: the data network (eth1 of every host, through the netem router VM); ssh stays on eth0
+DATA_SUBNET = os.environ.get("NETBENCH_LAB_DATA_SUBNET", "10.213.1")
 
 
 @dataclass(frozen=True)
@@ -68,13 +70,46 @@ MaxStartups 50
 """
 
 
-def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_per_host: int = 1) -> Path:
-    """hosts.yml for the lab: h1 runs the DHT and the client, the rest are shaped servers."""
+def data_address(host: LabHost) -> str:
+    """A host's address on the router's data network (router mode)."""
+    return f"{DATA_SUBNET}.{host.address.rsplit('.', 1)[1]}"
+
+
+def router_vars(lab_dir: Path, python: str) -> dict:
+    """Inventory variables of router mode: swarm traffic on eth1 (through the router VM), the netem
+    role shaping inside the router (its control CLI on the physical host, see docs/netem-router.md)."""
+    return {"netem_interface": "eth1", "netem_backend": "router", "netem_router_dir": str(lab_dir / "router"),
+            "netem_router_python": python, "netem_router_pythonpath": str(Path(__file__).resolve().parents[1])}
+
+
+NSH = """#!/bin/sh
+# Ansible's shell for lab host {name} (connection local): everything it runs runs in {netns}
+exec ip netns exec {netns} /bin/sh "$@"
+"""
+
+
+def write_shell_wrappers(lab_dir: Path, hosts: list[LabHost]) -> None:
+    """connection local: one shell per host that enters its namespace (no sshd needed)."""
+    for host in hosts:
+        path = lab_dir / f"nsh-{host.name}"
+        path.write_text(NSH.format(name=host.name, netns=host.netns))
+        path.chmod(0o755)
+
+
+def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_per_host: int = 1,
+                    router: bool = False, connection: str = "ssh") -> Path:
+    """hosts.yml for the lab: h1 runs the DHT and the client, the rest are shaped servers. With
+    ``connection`` local, Ansible runs in the machine's own namespace and enters each host's
+    namespace through its shell (ansible_shell_executable): no sshd, no controller namespace."""
     ctl = lab_dir / "cp"
     ctl.mkdir(exist_ok=True)
     ssh_args = (f"-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o ControlMaster=auto "
                 f"-o ControlPersist=30s -o ControlPath={ctl}/%C -o ServerAliveInterval=5 -o ServerAliveCountMax=3")
-    host_vars = {h.name: {"ansible_host": h.address, "netbench_address": h.address} for h in hosts}
+    host_vars = {h.name: {"ansible_host": h.address, "netbench_address": data_address(h) if router else h.address}
+                 for h in hosts}
+    if router:
+        for index, h in enumerate(hosts, start=1):
+            host_vars[h.name]["netem_router_link"] = index
     inventory = {
         "all": {
             "vars": {
@@ -100,24 +135,40 @@ def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_pe
             },
         }
     }
+    if router:
+        inventory["all"]["vars"].update(router_vars(lab_dir, python))
+    if connection == "local":
+        for name in ("ansible_user", "ansible_ssh_private_key_file", "ansible_ssh_common_args"):
+            del inventory["all"]["vars"][name]
+        inventory["all"]["vars"]["ansible_connection"] = "local"
+        for h in hosts:
+            host_vars[h.name]["ansible_shell_executable"] = str(lab_dir / f"nsh-{h.name}")
     path = lab_dir / "hosts.yml"
     path.write_text("# written by python -m bench_client.netem.lab up\n" + json.dumps(inventory, indent=2) + "\n")
     return path
 
 
 def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_host: int = 1,
-       prefix: str = PREFIX) -> Path:
-    """Create the namespaces, the bridge, one sshd per host; return the inventory path."""
+       prefix: str = PREFIX, router_bundle: Path | None = None, connection: str = "ssh", router_smp: int = 2) -> Path:
+    """Create the namespaces, the bridge, one sshd per host; return the inventory path. With
+    ``router_bundle`` the hosts also get eth1 on a data network through a netem router VM (qemu in
+    the controller namespace), which carries the swarm's traffic and its shaping. ``connection``
+    local starts no sshd (hosts without one, e.g. the GPU hosts): see write_inventory."""
+    if connection not in ("ssh", "local"):
+        raise ValueError(f"connection {connection!r}: ssh or local")
     if count < 2:
         raise ValueError("the lab needs at least 2 hosts (one DHT/client, one server)")
+    if router_bundle is not None and not (router_bundle / "bin" / "qemu").exists():
+        raise ValueError(f"{router_bundle} is not a netem router bundle (tools/netem-router/build-bundle.sh builds one)")
     lab_dir.mkdir(parents=True, exist_ok=True)
-    state = {"prefix": prefix, "hosts": [], "created_run_sshd": False}
+    state = {"prefix": prefix, "hosts": [], "created_run_sshd": False, "router": bool(router_bundle)}
     (lab_dir / "lab.json").write_text(json.dumps(state))
-    if not (lab_dir / "id_ed25519").exists():
+    if connection == "ssh" and not (lab_dir / "id_ed25519").exists():
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "id_ed25519"))
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "ssh_host_ed25519_key"))
-    (lab_dir / "authorized_keys").write_text((lab_dir / "id_ed25519.pub").read_text())
-    if not Path("/run/sshd").exists():  # sshd's privilege separation directory
+    if connection == "ssh":
+        (lab_dir / "authorized_keys").write_text((lab_dir / "id_ed25519.pub").read_text())
+    if connection == "ssh" and not Path("/run/sshd").exists():  # sshd's privilege separation directory
         Path("/run/sshd").mkdir(mode=0o755)
         state["created_run_sshd"] = True
     ctl = controller_netns(prefix)
@@ -140,6 +191,8 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
         _run("ip", "link", "set", "lo", "up", netns=host.netns)
         _run("ip", "addr", "add", f"{host.address}/24", "dev", "eth0", netns=host.netns)
         _run("ip", "link", "set", "eth0", "up", netns=host.netns)
+        if connection == "local":
+            continue
         config = lab_dir / f"sshd-{host.name}.conf"
         config.write_text(SSHD_CONFIG.format(address=host.address, dir=lab_dir, name=host.name))
         log = open(lab_dir / f"sshd-{host.name}.log", "ab")
@@ -148,9 +201,28 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
                                 start_new_session=True)
         state["hosts"][-1]["sshd_pgid"] = proc.pid
         (lab_dir / "lab.json").write_text(json.dumps(state))
-    inventory = write_inventory(lab_dir, lab_hosts(count, prefix), python, servers_per_host)
-    wait_for_ssh(lab_dir, lab_hosts(count, prefix), ctl)
+    if router_bundle is not None:
+        start_router(lab_dir, router_bundle, lab_hosts(count, prefix), ctl, prefix, router_smp)
+    inventory = write_inventory(lab_dir, lab_hosts(count, prefix), python, servers_per_host, router_bundle is not None,
+                                connection)
+    if connection == "local":
+        write_shell_wrappers(lab_dir, lab_hosts(count, prefix))
+    else:
+        wait_for_ssh(lab_dir, lab_hosts(count, prefix), ctl)
     return inventory
+
+
+def start_router(lab_dir: Path, bundle: Path, hosts: list[LabHost], ctl: str, prefix: str, smp: int = 2) -> None:
+    """Boot the router VM with one NIC per host; its tap becomes the host's eth1."""
+    from bench_client.netem import router as netem_router
+
+    links = {index: h.netns for index, h in enumerate(hosts, start=1)}
+    router = netem_router.up(lab_dir / "router", bundle.resolve(), links, netns=ctl, prefix=prefix, smp=smp)
+    for index, host in enumerate(hosts, start=1):
+        tap = router.state()["taps"][str(index)]
+        _run("ip", "link", "set", tap, "name", "eth1", netns=host.netns)
+        _run("ip", "addr", "add", f"{data_address(host)}/24", "dev", "eth1", netns=host.netns)
+        _run("ip", "link", "set", "eth1", "up", netns=host.netns)
 
 
 def wait_for_ssh(lab_dir: Path, hosts: list[LabHost], ctl: str, timeout: float = 30.0) -> None:
@@ -195,6 +267,10 @@ def down(lab_dir: Path) -> None:
     except (OSError, ValueError):
         return
     ctl = state.get("controller")
+    if state.get("router"):
+        from bench_client.netem import router as netem_router
+
+        netem_router.down(lab_dir / "router")  # qemu by its process group; its taps die with it
     for sock in (lab_dir / "cp").glob("*") if (lab_dir / "cp").exists() else []:
         _run("ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab", check=False)
     for host in state.get("hosts", []):
@@ -218,11 +294,13 @@ def down(lab_dir: Path) -> None:
 
 
 @contextmanager
-def lab(lab_dir: Path, count: int = 3, python: str = sys.executable, prefix: str = PREFIX) -> Iterator[Path]:
+def lab(lab_dir: Path, count: int = 3, python: str = sys.executable, prefix: str = PREFIX,
+        router_bundle: Path | None = None, connection: str = "ssh") -> Iterator[Path]:
     """``up`` for the body of a ``with`` (yields the inventory), ``down`` after it, even on failure;
     checks that no namespace of the lab is left."""
     try:
-        yield up(lab_dir, count=count, python=python, prefix=prefix)
+        yield up(lab_dir, count=count, python=python, prefix=prefix, router_bundle=router_bundle,
+                 connection=connection)
     finally:
         down(lab_dir)
     left = [ns for ns in _run("ip", "netns", "list").stdout.split() if ns.startswith(f"{prefix}-")]
@@ -261,13 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--servers-per-host", type=int, default=1)
     parser.add_argument("--python", default=sys.executable, help="Python with bench_client, used on every host")
+    parser.add_argument("--router-vm", type=Path, metavar="BUNDLE_DIR",
+                        help="route the hosts' data traffic through a netem router VM of this bundle (docs/netem-router.md)")
+    parser.add_argument("--router-smp", type=int, default=2, help="vCPUs of the router VM (multi-threaded TCG)")
+    parser.add_argument("--connection", choices=["ssh", "local"], default="ssh",
+                        help="local: no sshd; Ansible enters each namespace through a shell wrapper")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("error: the lab needs root (network namespaces, sshd)", file=sys.stderr)
         return 2
     if args.action == "up":
         try:
-            print(up(args.dir, args.hosts, args.python, args.servers_per_host))
+            print(up(args.dir, args.hosts, args.python, args.servers_per_host, router_bundle=args.router_vm,
+                     connection=args.connection, router_smp=args.router_smp))
         except (RuntimeError, ValueError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", "") or ""
             print(f"error: {exc} {detail}".strip(), file=sys.stderr)

@@ -9,7 +9,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${NETBENCH_VM_CACHE:-/var/cache/netbench-vm}
-recipe=$(cat "$here/build-image.sh" "$here/guest-init.sh" "$here/initramfs-init.sh" | sha256sum | cut -c1-16)
+closure=$here/../../tools/netem-router/kmod-closure.py  # modules + their dependencies in load order
+recipe=$(cat "$here/build-image.sh" "$here/guest-init.sh" "$here/initramfs-init.sh" "$closure" | sha256sum | cut -c1-16)
 if [ -f "$cache/stamp" ] && [ "$(cat "$cache/stamp")" = "$recipe" ]; then
   echo "VM image in $cache is up to date ($recipe)"
   exit 0
@@ -70,30 +71,7 @@ ird=$work/initramfs
 mkdir -p "$ird"/{bin,dev,proc,sys,newroot,lib/modules}
 cp "$(command -v busybox)" "$ird/bin/busybox"
 install -m 0755 "$here/initramfs-init.sh" "$ird/init"
-python3 - "$kmod" "$ird" virtio_pci virtio_blk ext4 <<'PY'
-import os, shutil, sys
-kmod, ird, wanted = sys.argv[1], sys.argv[2], sys.argv[3:]
-deps = {}
-for line in open(os.path.join(kmod, "modules.dep")):
-    path, _, rest = line.partition(":")
-    deps[os.path.basename(path)[:-3].replace("-", "_")] = (path, rest.split())
-order, seen = [], set()
-def visit(path):  # depth-first: a module after everything it needs
-    if path in seen:
-        return
-    seen.add(path)
-    name = os.path.basename(path)[:-3].replace("-", "_")
-    for dep in deps.get(name, (path, []))[1]:
-        visit(dep)
-    order.append(path)
-for name in wanted:
-    if name in deps:  # absent: built into the kernel
-        visit(deps[name][0])
-with open(os.path.join(ird, "modules.list"), "w") as listing:
-    for path in order:
-        shutil.copy(os.path.join(kmod, path), os.path.join(ird, "lib/modules"))
-        listing.write(os.path.basename(path) + "\n")
-PY
+python3 "$closure" "$kmod" "$ird" virtio_pci virtio_blk ext4
 (cd "$ird" && find . | cpio -o -H newc --quiet | gzip -1 >"$out/initrd.img")
 
 echo "$recipe" >"$out/stamp"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The network-profile rows on ONE GPU host whose kernel has no sch_netem (issue 11,
+# docs/netem-router.md): the DHT/client and each Petals server in their own network namespace, the
+# swarm's traffic through the netem router VM, site.yml driving everything with connection local
+# (no sshd needed), the profile set inside the router and measured from the hosts.
+#
+# Carry: .whl/ (the Petals stack + Ansible wheels, tools/gpu/make-wheels.sh) and
+# build/netem-router/bundle.tar.xz (bash tools/netem-router/build-bundle.sh; ~27 MB). Run from the
+# repository root as root:
+#   bash tools/gpu/netem-rows.sh OUTDIR [MODEL] [SERVERS] [-e more=vars ...]
+# e.g. bash tools/gpu/netem-rows.sh /tmp/out facebook/opt-30b 4
+set -euo pipefail
+out=$1; model=${2:-facebook/opt-30b}; servers=${3:-4}; shift $(( $# < 3 ? $# : 3 ))
+mkdir -p "$out"
+if [[ ! -d /tmp/site/petals ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+# the bundle: qemu + Debian kernel for the router, and ip/tc/ping/iperf3 for this host (it has none)
+rm -rf /tmp/netem-router && mkdir -p /tmp/netem-router
+tar -C /tmp/netem-router -xJf build/netem-router/bundle.tar.xz
+bundle=/tmp/netem-router/bundle
+export PATH="$bundle/bin:$PATH" PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 NETBENCH_MODELS_DIR=/tmp/netbench-models
+export ANSIBLE_CONFIG="$PWD/ansible.cfg"
+lab=/tmp/netbench-lab
+playbook() { python3 -m ansible.cli.playbook -i "$lab/hosts.yml" site.yml -e results_dir="$out/results" "$@"; }
+cleanup() {
+  playbook --tags cleanup >"$out/cleanup.log" 2>&1 || echo "cleanup play failed: see $out/cleanup.log" >&2
+  cp -r "$lab/router/console.log" "$out/router-console.log" 2>/dev/null || true
+  python3 -m bench_client.netem.lab down --dir "$lab"
+}
+trap cleanup EXIT
+nproc >"$out/host.txt"; uname -r >>"$out/host.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/host.txt"
+smp=${ROUTER_SMP:-4}
+# the router's own limits on this host first (unshaped rate/RTT, each paper profile; ~1 min)
+python3 -m bench_client.netem.router bench --dir /tmp/netem-router-bench --bundle "$bundle" --smp "$smp" \
+  | tee "$out/router-bench.json"
+# h1: DHT + client (unshaped); h2..: one Petals server each, shaped inside the router
+python3 -m bench_client.netem.lab up --dir "$lab" --hosts $((servers + 1)) --router-vm "$bundle" --router-smp "$smp" \
+  --connection local --python "$(command -v python3)" | tee "$out/lab.txt"
+python3 -m bench_client.netem.router status --dir "$lab/router" | tee "$out/router.json"
+playbook -e model="$model" -e netbench_device=cuda \
+  -e profiles=none,paper-10ms-1gbit,paper-10ms-100mbit,paper-100ms-100mbit "$@" 2>&1 | tee "$out/site.log"
