@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_id = args.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     common = {
-        "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
+        "system": "petals", "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
         "batch_size": args.batch_size, "num_micro_batches": args.num_micro_batches,
         "num_processes": args.num_processes, "num_gpus": num_gpus, "num_gpus_source": gpus_source,
         **describe_servers(view),

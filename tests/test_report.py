@@ -136,10 +136,10 @@ def test_table_has_columns_units_per_gpu_division_and_anchors(results_dir: Path,
         assert header in md
     row = next(line for line in md.splitlines() if "| 1x2x6 |" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:6] == ["facebook/opt-30b", "float16", "10ms-1gbit", f"4 × {H100}", "1x2x6", "512 / 32"]
-    assert cells[6:9] == ["120", "30.0", "3.20"]  # swarm, per GPU (= 120 / 4), generate() latency
-    assert cells[11] == f"{100 * 30 / (roofline_2 / 2):.1f} %"
-    assert cells[12:] == ["2.84", "7.32", "8.38"]
+    assert cells[:7] == ["facebook/opt-30b", "petals", "float16", "10ms-1gbit", f"4 × {H100}", "1x2x6", "512 / 32"]
+    assert cells[7:10] == ["120", "30.0", "3.20"]  # swarm, per GPU (= 120 / 4), generate() latency
+    assert cells[12] == f"{100 * 30 / (roofline_2 / 2):.1f} %"
+    assert cells[13:] == ["2.84", "7.32", "8.38"]
 
 
 def test_anchors_only_at_the_paper_workload_and_for_each_model(tmp_path: Path):
