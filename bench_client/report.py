@@ -90,6 +90,7 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
     """Every output file, by name, in memory."""
     # imported here so that bad input is reported without paying for matplotlib's import
     from bench_client.report_plots import render_plots
+    from bench_client.report_summary import check_claims, md_claims, md_paper_layout, md_summary, summarize
     from bench_client.report_table import NOTES, derive_all, md_failed, md_table, to_csv
 
     derived = derive_all(results.rows)
@@ -101,7 +102,18 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
     md = [
         f"# Table 17 from our runs (prompt {PAPER_PROMPT_LENGTH} / {PAPER_NEW_TOKENS} new tokens is the paper's workload)\n\n"
     ]
-    md.append(f"{which_rows}; every row (token sweeps too) is in `rows.csv`.\n\n")
+    summaries = summarize(derived)
+    md.append(
+        f"## As the paper lays it out: per-GPU throughput (tokens/s/GPU), prompt {PAPER_PROMPT_LENGTH} / "
+        f"{PAPER_NEW_TOKENS} new tokens\n\nMedian [min–max] over repeats (n), each system at its best measured "
+        "setting (named under the number); FlexGen runs on one GPU without a network.\n\n"
+    )
+    md.append(md_paper_layout(summaries))
+    md.append("\n## Claims checked\n\n" + md_claims(check_claims(summaries)))
+    table_summaries = [s for s in summaries if s.first.row.new_tokens == table_new_tokens]
+    md.append(f"\n## Median and spread over repeats\n\n{which_rows}.\n\n")
+    md.append(md_summary(table_summaries) if table_summaries else "No rows.\n")
+    md.append(f"\n## Every measurement\n\n{which_rows}; every row (token sweeps too) is in `rows.csv`.\n\n")
     md.append(
         md_table(table, with_run) if table else f"No result has {table_new_tokens} new tokens (see `rows.csv`).\n"
     )
