@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench_client.report",
         description="Table 17 (markdown + CSV) and throughput/latency-vs-tokens plots from benchmark results.",
     )
-    parser.add_argument("results", nargs="+", type=Path, help="result directories (searched for *.tsv) or TSV files")
+    parser.add_argument("results", nargs="*", type=Path, help="result directories (searched for *.tsv) or TSV files")
+    parser.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"),
+        help="compare two run directories (results/<run-id>): per-configuration deltas and manifest differences",
+    )
     parser.add_argument(
         "--out", type=Path, help="output directory (default: RESULTS/report when RESULTS is one directory)"
     )
@@ -159,9 +163,36 @@ def write_outputs(out: Path, files: dict[str, bytes]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def compare_main(args: argparse.Namespace) -> int:
+    """--compare: markdown on stdout, and compare.md in --out when given."""
+    from bench_client.report_compare import compare
+
+    if args.results:
+        print("report: error: --compare takes the two run directories only, no RESULTS", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for run in args.compare:
+        if not run.is_dir():
+            print(f"report: error: {run}: not a run directory", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    try:
+        text = compare(*args.compare, Defaults(model=args.model, num_gpus=args.num_gpus, gpu_name=args.gpu_name,
+                                               weight_dtype=args.weight_dtype, network_profile=args.network_profile))
+    except (ReportInputError, ValueError, OSError) as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.out:
+        write_outputs(args.out, {"compare.md": text.encode()})
+    print(text, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare_main(args)
+    if not args.results:
+        parser.error("give RESULTS, or --compare RUN_A RUN_B")
     out = args.out
     if out is None:
         if len(args.results) != 1 or not args.results[0].is_dir():

@@ -13,9 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # The experiment's own roles and playbooks; roles/netem, roles/swarm_image, ... are linted by their owners' tests.
-OWN_ROLES = ["preflight", "netbench_host", "petals_dht", "petals_server", "bench_client"]
+OWN_ROLES = ["preflight", "netbench_host", "petals_dht", "petals_server", "bench_client", "flexgen_bench"]
 OWN_PATHS = ["site.yml", "playbooks/preflight.yml", "playbooks/provision.yml", "playbooks/swarm.yml",
-             "playbooks/experiment.yml", "playbooks/cleanup.yml", "playbooks/tasks",
+             "playbooks/experiment.yml", "playbooks/cleanup.yml", "playbooks/flexgen.yml", "playbooks/tasks",
              *[f"roles/{r}" for r in OWN_ROLES], "inventory"]
 ENV = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1",
        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
