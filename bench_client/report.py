@@ -1,8 +1,10 @@
 """``python -m bench_client.report RESULTS... [--out DIR]``: Table 17 and the paper's figure from our runs.
 
 Reads the original 7-column TSVs (and the JSONL metadata beside each), then writes into DIR:
-``table17.md`` (table, notes, failed configurations, plots), ``table17.csv`` (the rows at the
-table's new-token count), ``rows.csv`` (every row, token sweeps included) and ``tokens_*.png``.
+``table17.md`` (the paper's layout, claims checked, medians over repeats, every row, notes, failed
+configurations, plots), ``table17.csv`` (the rows at the table's new-token count), ``rows.csv``
+(every row, token sweeps included), ``tokens_*.png|svg`` and ``models_per_gpu.png|svg``.
+``--compare RUN_A RUN_B`` compares two runs instead (report_compare).
 All input is checked and every output rendered in memory first: bad input gets a one-line error
 naming the file and line, exit status 2, and nothing is written.
 """
@@ -93,7 +95,7 @@ def table_token_count(results: Results, requested: int | None) -> tuple[int, str
 def render(results: Results, requested_new_tokens: int | None) -> dict[str, bytes]:
     """Every output file, by name, in memory."""
     # imported here so that bad input is reported without paying for matplotlib's import
-    from bench_client.report_plots import render_plots
+    from bench_client.report_plots import render_models, render_plots
     from bench_client.report_summary import check_claims, md_claims, md_paper_layout, md_summary, summarize
     from bench_client.report_table import NOTES, derive_all, md_failed, md_table, to_csv
 
@@ -113,6 +115,9 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
         "setting (named under the number); FlexGen runs on one GPU without a network.\n\n"
     )
     md.append(md_paper_layout(summaries))
+    models_plot = render_models(summaries)
+    if models_plot:
+        md.append(f"\n![{models_plot.title}]({models_plot.filename}) (also [SVG]({models_plot.svg_filename}))\n")
     md.append("\n## Claims checked\n\n" + md_claims(check_claims(summaries)))
     table_summaries = [s for s in summaries if s.first.row.new_tokens == table_new_tokens]
     md.append(f"\n## Median and spread over repeats\n\n{which_rows}.\n\n")
@@ -126,7 +131,8 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
         md.append(f"\n## Failed configurations ({len(results.failed)})\n\n" + md_failed(results.failed))
     md.append("\n## Throughput and latency vs generated tokens\n")
     if plots:
-        md.extend(f"\n### {plot.title}\n\n![{plot.title}]({plot.filename})\n" for plot in plots)
+        md.extend(f"\n### {plot.title}\n\n![{plot.title}]({plot.filename}) (also [SVG]({plot.svg_filename}))\n"
+                  for plot in plots)
     else:
         md.append("\nNo token sweep in these results (every configuration has one new-token count): no plots.\n")
     if results.warnings:
@@ -137,11 +143,14 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
         "table17.csv": to_csv(table).encode(),
         "rows.csv": to_csv(derived).encode(),
     }
-    files.update({plot.filename: plot.png for plot in plots})
+    for plot in plots + ([models_plot] if models_plot else []):
+        files[plot.filename] = plot.png
+        files[plot.svg_filename] = plot.svg
     return files
 
 
-PLOT_GLOB = "tokens_*.png"  # every plot's name (report_plots): older ones that this run did not make are stale
+# every plot's name (report_plots): older ones that this run did not make are stale
+PLOT_GLOBS = ("tokens_*.png", "tokens_*.svg", "models_*.png", "models_*.svg")
 
 
 def write_outputs(out: Path, files: dict[str, bytes]) -> None:
@@ -156,7 +165,7 @@ def write_outputs(out: Path, files: dict[str, bytes]) -> None:
         out.mkdir(exist_ok=True)
         for name in files:
             os.replace(staging / name, out / name)
-        for stale in out.glob(PLOT_GLOB):
+        for stale in (p for pattern in PLOT_GLOBS for p in out.glob(pattern)):
             if stale.name not in files:
                 stale.unlink()
     finally:

@@ -117,3 +117,14 @@ def test_report_on_the_committed_gpu_rows(tmp_path: Path):
 @pytest.mark.parametrize("name, expected", [("paper-100ms-100mbit", "100 ms / 100 Mbit/s"), (None, "no shaping")])
 def test_label_edge_cases(name, expected):
     assert profile_label(name) == expected
+
+
+def test_figure_titles_say_when_servers_share_a_gpu(tmp_path: Path):
+    from bench_client.report_plots import _title
+
+    write_petals(tmp_path, {"none": [7.0]})
+    (row,) = load_results([tmp_path], Defaults()).rows
+    shared = derive_all([row.__class__(**{**row.__dict__, "num_servers": 4, "num_gpus": 1})])[0]
+    assert "4 servers SHARE the GPU" in _title(shared)
+    own = derive_all([row.__class__(**{**row.__dict__, "num_servers": 4, "num_gpus": 4})])[0]
+    assert "SHARE" not in _title(own)
