@@ -348,6 +348,17 @@ def classify(returncode: int, output: str) -> str:
     return "error"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies, however it dies (a SIGKILL from a time
+    limit included), so that no orphaned FlexGen run keeps the GPU; Linux only, a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_trial(policy: Policy, model: str, prompt_len: int, gen_len: int, *, python: str = sys.executable,
               timeout: float = 1800.0, workdir: Path | None = None) -> Trial:
     """One FlexGen run in its own process group, killed by group on timeout."""
@@ -356,8 +367,9 @@ def run_trial(policy: Policy, model: str, prompt_len: int, gen_len: int, *, pyth
     command = trial_command(python, flexgen_args(policy, model, prompt_len, gen_len, str(log_file),
                                                  str(scratch / "offload")))
     started = time.monotonic()
+    # its own process group (killed as a group on timeout), dying with this process
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
     try:
         output, _ = proc.communicate(timeout=timeout)
         status = classify(proc.returncode, output)
@@ -666,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         runner = trial_for(work)
         best = chosen.get(key)
+        if best is not None and not args.search and best != policy:
+            fail(f"{writer.metadata} already holds prompt {work.prompt_len} measured with {best.label}, not "
+                 f"{policy.label}: repeats of one configuration must share the policy; use another --output")
         if best is None and args.search:
             plan = plan_search(work, hw, compression)
             if not plan:

@@ -226,3 +226,43 @@ def test_cli_bad_input_fails_before_running_anything(tmp_path, args, message):
     done = _cli(tmp_path, *args)
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "calls").exists()
+
+
+def test_cli_refuses_to_mix_policies_in_one_output(tmp_path):
+    first = _cli(tmp_path, "--prompt-lengths", "256", "--gpu-batch-size", "2")
+    assert first.returncode == 0, first.stderr
+    other = _cli(tmp_path, "--prompt-lengths", "256", "--gpu-batch-size", "4", "--repeats", "2")
+    assert other.returncode == 2 and "repeats of one configuration must share the policy" in other.stderr
+    assert len((tmp_path / "calls").read_text().splitlines()) == 1
+
+
+def test_a_trial_dies_with_its_parent(tmp_path):
+    """The FlexGen child gets SIGKILL when the parent is killed (a time limit's SIGKILL included)."""
+    import signal
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import subprocess, sys\n"
+        "from bench_client.flexgen import _die_with_parent\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True,\n"
+        "                         preexec_fn=_die_with_parent)\n"
+        "print(child.pid, flush=True)\n"
+        "child.wait()\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as stat:
+            if stat.read().split(")")[1].split()[0] == "Z":
+                break  # dead, waiting to be reaped by init
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the trial outlived its parent")

@@ -12,7 +12,11 @@
 #   bash tools/gpu/flexgen.sh opt30b  OUT
 #   bash tools/gpu/flexgen.sh opt175b OUT   # 4-bit weights + cache: the only policies that fit (see below)
 # Every stage resumes (rows are appended; trials already in OUT/*.search.jsonl are not rerun), so a
-# stage cut by a time limit is simply run again.
+# stage cut by a time limit is simply run again (a trial killed with its parent dies too: no orphan
+# keeps the GPU). Each trial is a whole FlexGen run (dummy-weight init + warm-up + benchmark): about
+# 0.5 min for OPT-6.7B, 1-2 min for OPT-30B, 3+ min for OPT-175B (estimates: time the smoke stage).
+# With a 10-minute limit per command, run one model per command, FLEXGEN_MAX_TRIALS=3 (default here,
+# the plan's best three; 6 for a fuller search) and prompt 512 first (FLEXGEN_PROMPTS).
 set -euo pipefail
 stage="${1:?stage: fetch|smoke|opt6.7b|opt30b|opt175b}"
 if [[ "$stage" == fetch ]]; then
@@ -30,7 +34,7 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 free -g | tee "$out/host-memory.txt"
 prompts=(${FLEXGEN_PROMPTS:-512})   # FLEXGEN_PROMPTS="512 256 1024" when the time allows
-trials="${FLEXGEN_MAX_TRIALS:-6}"
+trials="${FLEXGEN_MAX_TRIALS:-3}"
 flexgen() {  # flexgen TAG MODEL [args...]
   local tag="$1" model="$2"; shift 2
   python3 -m bench_client.flexgen --model "$model" --prompt-lengths "${prompts[@]}" --new-tokens 32 \
