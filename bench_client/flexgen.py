@@ -141,9 +141,10 @@ class Hardware:
 
 
 def h200(cpu_gib: float = 128) -> Hardware:
-    """One H200 (141 GB, of which ~5 GB are CUDA context and allocator slack) in a host with ``cpu_gib``;
-    the host keeps 16 GiB for the OS, the Python process and pinned-copy staging."""
-    return Hardware(gpu_bytes=136e9, cpu_bytes=(cpu_gib - 16) * GIB)
+    """One H200 (143771 MiB = 140.4 GiB, of which ~4.4 GiB go to the CUDA context and allocator slack) in a
+    host with ``cpu_gib``; the host keeps 16 GiB for the OS, the Python process and pinned-copy staging.
+    GiB throughout, as FlexGen prints its sizes."""
+    return Hardware(gpu_bytes=136 * GIB, cpu_bytes=(cpu_gib - 16) * GIB)
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def estimate(policy: Policy, work: Workload, hw: Hardware) -> Estimate:
 # The paper's benchmark suite swept these (bench_suite.py: gbs up to 64+, up to 12 GPU batches).
 GPU_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)
 NUM_GPU_BATCHES = (1, 2, 4, 8, 12, 16)
-WEIGHT_GPU_PERCENTS = (100, 80, 60, 50, 40, 20, 0)
+WEIGHT_GPU_PERCENTS = (100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 0)
 CACHE_GPU_PERCENTS = (100, 50, 0)
 
 
@@ -257,7 +258,15 @@ def plan_search(work: Workload, hw: Hardware, compression: Iterable[bool] = (Fal
         if key not in seen:
             seen.add(key)
             plan.append((policy, est))
-    return plan
+    # the cost model is rough: the first trials try the best-estimated policy of each compression
+    # setting (the paper compared both), then the rest in estimated order
+    firsts: list[tuple[Policy, Estimate]] = []
+    for compressed in (False, True):
+        best = next((pe for pe in plan if pe[0].compress_weight == compressed), None)
+        if best is not None:
+            firsts.append(best)
+    firsts.sort(key=lambda pe: -pe[1].tokens_per_s)
+    return firsts + [pe for pe in plan if pe not in firsts]
 
 
 # --- FlexGen's log --------------------------------------------------------------------------------------
@@ -517,9 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-trials", type=positive_int, default=8, help="real FlexGen runs per prompt length")
     s.add_argument("--no-compression", action="store_true", help="search fp16 policies only")
     s.add_argument("--compression-only", action="store_true", help="search 4-bit policies only")
-    s.add_argument("--gpu-mem-gb", type=float, default=None, help="GPU memory the search may plan (default: H200, 136)")
-    s.add_argument("--cpu-mem-gb", type=float, default=None,
-                   help="host memory the search may plan (default: MemTotal - 16 GiB)")
+    s.add_argument("--gpu-mem-gib", type=float, default=None,
+                   help="GPU memory the search may plan, GiB (default: an H200's 140.4 less 4.4)")
+    s.add_argument("--cpu-mem-gib", type=float, default=None,
+                   help="host memory the search may plan, GiB (default: MemTotal - 16)")
     p.add_argument("--trial-timeout", type=float, default=1800.0, help="seconds one FlexGen run may take")
     p.add_argument("--python", default=sys.executable, help="Python with flexgen importable (PYTHONPATH is passed on)")
     p.add_argument("--network-profile", default="none", help="recorded (FlexGen runs on one host: no network)")
@@ -538,8 +548,8 @@ def host_memory_gib() -> float:
 
 def hardware_from_args(args: argparse.Namespace) -> Hardware:
     hw = h200(host_memory_gib())
-    return Hardware(gpu_bytes=args.gpu_mem_gb * 1e9 if args.gpu_mem_gb else hw.gpu_bytes,
-                    cpu_bytes=args.cpu_mem_gb * 1e9 if args.cpu_mem_gb else hw.cpu_bytes)
+    return Hardware(gpu_bytes=args.gpu_mem_gib * GIB if args.gpu_mem_gib else hw.gpu_bytes,
+                    cpu_bytes=args.cpu_mem_gib * GIB if args.cpu_mem_gib else hw.cpu_bytes)
 
 
 def gpu_name() -> str | None:
@@ -643,10 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         for work in works:
             plan = plan_search(work, hw, compression) if args.search else [(policy, estimate(policy, work, hw))]
             print(f"prompt {work.prompt_len} + {work.gen_len}: {len(plan)} policies fit "
-                  f"(GPU {hw.gpu_bytes / 1e9:.0f} GB, CPU {hw.cpu_bytes / 1e9:.0f} GB)")
+                  f"(GPU {hw.gpu_bytes / GIB:.0f} GiB, CPU {hw.cpu_bytes / GIB:.0f} GiB)")
             for p, e in plan[:args.max_trials]:
-                print(f"  {p.label}: est. {e.tokens_per_s:.1f} tok/s, GPU {e.gpu_bytes / 1e9:.1f} GB, "
-                      f"CPU {e.cpu_bytes / 1e9:.1f} GB")
+                print(f"  {p.label}: est. {e.tokens_per_s:.1f} tok/s, GPU {e.gpu_bytes / GIB:.1f} GiB, "
+                      f"CPU {e.cpu_bytes / GIB:.1f} GiB")
         return 0
 
     existing = [r for r in read_metadata(writer.metadata)
@@ -684,8 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         if best is None and args.search:
             plan = plan_search(work, hw, compression)
             if not plan:
-                fail(f"no policy fits {spec.name} prompt {work.prompt_len} in GPU {hw.gpu_bytes / 1e9:.0f} GB + "
-                     f"CPU {hw.cpu_bytes / 1e9:.0f} GB by the memory model", EXIT_NO_POLICY)
+                fail(f"no policy fits {spec.name} prompt {work.prompt_len} in GPU {hw.gpu_bytes / GIB:.0f} GiB + "
+                     f"CPU {hw.cpu_bytes / GIB:.0f} GiB by the memory model", EXIT_NO_POLICY)
 
             def record_trial(trial: Trial, work: Workload = work) -> None:
                 append_line(search_log, json.dumps({

@@ -53,10 +53,12 @@ case "$stage" in
     ;;
   opt6.7b) flexgen opt6.7b facebook/opt-6.7b --search ;;
   opt30b) flexgen opt30b facebook/opt-30b --search ;;
-  # OPT-175B: 350 GB of fp16 weights do not fit 136 GB of GPU + 112 GB of host RAM (128 GB host), so the
-  # memory model leaves only 4-bit policies; the best it plans is all on the GPU, ~98 GB of compressed
+  # OPT-175B: 325 GiB of fp16 weights do not fit 136 GiB of GPU + ~109 GiB of host RAM (a 128 GB host), so
+  # the memory model leaves only 4-bit policies; the best it plans is all on the GPU, 91 GiB of compressed
   # weights + 4-bit cache: --percent 100 0 100 0 100 0 --compress-weight --compress-cache, GPU batch 32 x 1
-  # (falls back to 16 x 1, 16 x 2, 8 x 1 on OOM). On the two-H200 host (256 GB) the same holds for one GPU.
-  opt175b) flexgen opt175b facebook/opt-175b --search --compression-only ;;
+  # (falls back to 16 x 1, 16 x 2, 8 x 1 on OOM). On the two-H200 host (256 GB) fp16 fits too, offloaded
+  # (best planned: --percent 30 70 100 0 100 0, GPU batch 1 x 12, estimated ~1 token/s): add
+  # FLEXGEN_175B_FP16=1 there to search both.
+  opt175b) flexgen opt175b facebook/opt-175b --search $([[ -n "${FLEXGEN_175B_FP16:-}" ]] || echo --compression-only) ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
