@@ -160,6 +160,8 @@ def md_paper_layout(summaries: list[Summary]) -> str:
                 continue
             r = s.first.row
             note = f"{r.batch_setting}" + (f", {r.weight_dtype}" if r.weight_dtype else "")
+            if r.num_servers and r.num_gpus and r.num_servers > r.num_gpus:
+                note += f", {r.num_servers} servers share {r.num_gpus} GPU{'s' if r.num_gpus > 1 else ''}"
             cells.append(f"{fmt_spread(s.per_gpu, s.n)}<br>{note}")
         anchor = PAPER_ANCHORS.get(model)
         cells += [fmt_number(a, "–") if anchor else "–"

@@ -110,6 +110,7 @@ def test_report_on_the_committed_gpu_rows(tmp_path: Path):
         assert f"| {model} |" in layout
     # OPT-30B 2x1x6 at 512 / 32 was measured twice (prompt sweep + a rerun): a median with its spread
     assert "(n=2)" in layout
+    assert "2x1x6, float16, 4 servers share 1 GPU" in layout  # OPT-30B: 4 servers on one H200
     claims = md.split("## Claims checked")[1].split("##")[0]
     assert claims.count("**no data**") == 3  # no FlexGen rows, one network profile committed so far
 
