@@ -207,6 +207,10 @@ def parse_systems(value: Any) -> list[str]:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown or not systems:
         raise PlanError(f"systems {value!r}: expected a comma-separated subset of {', '.join(SYSTEMS)}")
+    if "petals" not in systems:
+        # the swarm stages always run; FlexGen alone is its tag: -e systems=petals,flexgen --tags flexgen
+        raise PlanError(f"systems {value!r} must include petals (for FlexGen alone: -e systems=petals,flexgen "
+                        "--tags flexgen)")
     return list(dict.fromkeys(systems))
 
 

@@ -140,6 +140,7 @@ def test_systems_default_petals_and_flexgen_on_the_first_gpu_server_host():
 
 
 @pytest.mark.parametrize("systems, expected", [("petals,vllm", "subset of petals, flexgen"), (",", "subset"),
-                                                ("flexgen", "needs a CUDA GPU")])
+                                                ("flexgen", "must include petals"),
+                                                ("petals,flexgen", "needs a CUDA GPU")])
 def test_bad_systems(systems, expected):
     assert expected in refusal(systems=systems)
