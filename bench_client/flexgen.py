@@ -609,9 +609,13 @@ def row_and_record(trial: Trial, work: Workload, repeat: int, common: dict) -> t
 
 
 def load_search_log(path: Path, model: str, prompt_len: int, gen_len: int) -> dict[Policy, Trial]:
+    """Trials of an earlier (interrupted) search to reuse: measured or out of memory. A trial that
+    failed otherwise (FlexGen missing or broken) is run again once that is fixed."""
     known: dict[Policy, Trial] = {}
     for record in read_metadata(path):
         if (record.get("model"), record.get("prompt_length"), record.get("new_tokens")) != (model, prompt_len, gen_len):
+            continue
+        if record.get("status") == "error":
             continue
         policy = Policy.from_dict(record["policy"])
         log = FlexGenLog(**record["flexgen_log"]) if record.get("flexgen_log") else None

@@ -207,6 +207,15 @@ def test_cli_search_repeats_rows_and_resume(tmp_path):
     assert len(results.rows) == 3 and {row.system for row in results.rows} == {"flexgen"}
 
 
+def test_a_search_after_a_broken_flexgen_is_fixed_runs_again(tmp_path):
+    broken = _cli(tmp_path, "--prompt-lengths", "512", "--search", "--max-trials", "2", env={"FAKE_FLEXGEN_BROKEN": "1"})
+    assert broken.returncode == flexgen.EXIT_TRIAL_ERROR
+    assert json.loads((tmp_path / "out.search.jsonl").read_text())["status"] == "error"
+    fixed = _cli(tmp_path, "--prompt-lengths", "512", "--search", "--max-trials", "2")
+    assert fixed.returncode == 0, fixed.stderr  # the error trial was not reused
+    assert len((tmp_path / "out.tsv").read_text().splitlines()) == 1
+
+
 def test_cli_fixed_policy_and_a_broken_flexgen(tmp_path):
     broken = _cli(tmp_path, "--prompt-lengths", "256", env={"FAKE_FLEXGEN_BROKEN": "1"})
     assert broken.returncode == flexgen.EXIT_TRIAL_ERROR and "No module named 'flexgen'" in broken.stderr
