@@ -41,12 +41,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_client import environment
-from bench_client.metrics import per_gpu, throughput
-from bench_client.models import ModelSpec, UnknownModelError, get_model
-from bench_client.processes import fail
-from bench_client.results import ResultsWriter, TsvRow, append_line, read_metadata, repair_tail
-from bench_client.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS
+from bench_client.core import environment
+from bench_client.core.metrics import per_gpu, throughput
+from bench_client.core.models import ModelSpec, UnknownModelError, get_model
+from bench_client.core.processes import fail
+from bench_client.core.results import ResultsWriter, TsvRow, append_line, read_metadata, repair_tail
+from bench_client.core.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS
 
 SYSTEM = "flexgen"
 FLEXGEN_VERSION = "0.1.8"  # the release whose run_flexgen / log format this module was written against

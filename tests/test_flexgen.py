@@ -34,8 +34,8 @@ from bench_client.flexgen import (
     plan_search,
     search,
 )
-from bench_client.models import get_model
-from bench_client.report_data import Defaults, load_results
+from bench_client.core.models import get_model
+from bench_client.report.data import Defaults, load_results
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LOG = (FIXTURES / "flexgen-0.1.8-benchmark.log").read_text()

@@ -1,4 +1,4 @@
-"""Run manifests (bench_client.manifest) and ``report --compare RUN_A RUN_B``.
+"""Run manifests (bench_client.orchestration.manifest) and ``report --compare RUN_A RUN_B``.
 
 The manifest CLI runs as the experiment playbook runs it (a subprocess with the plan, hosts and
 extra vars as JSON); the secrets canary scan (tests/secrets_scan.py) checks that a credential passed
@@ -16,7 +16,7 @@ from pathlib import Path
 from secrets_scan import leaks
 from test_report_summary import write_flexgen, write_petals
 
-from bench_client.report import main
+from bench_client.report.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def write_manifest(run_dir: Path, extra_vars: dict, hosts: dict | None = None) -
     data = {"plan": {"run_id": run_dir.name, "model": "facebook/opt-30b", "num_gpus": 4, "systems": ["petals"]},
             "hosts": hosts or {"gpu1": {"address": "10.0.0.11", "device": "cuda", "gpus_mib": [143771]}},
             "extra_vars": extra_vars}
-    return subprocess.run([sys.executable, "-m", "bench_client.manifest", "--out", str(run_dir / "manifest.json"),
+    return subprocess.run([sys.executable, "-m", "bench_client.orchestration.manifest", "--out", str(run_dir / "manifest.json"),
                            "--json", json.dumps(data)], capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
@@ -46,7 +46,7 @@ def test_manifest_records_the_run_and_never_a_secret(tmp_path: Path):
 
 
 def test_manifest_refuses_bad_json(tmp_path: Path):
-    done = subprocess.run([sys.executable, "-m", "bench_client.manifest", "--out", str(tmp_path / "m.json"),
+    done = subprocess.run([sys.executable, "-m", "bench_client.orchestration.manifest", "--out", str(tmp_path / "m.json"),
                            "--json", "[1, 2"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 2 and "not valid JSON" in done.stderr and not (tmp_path / "m.json").exists()
 

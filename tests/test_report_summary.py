@@ -13,12 +13,12 @@ import pytest
 from test_report import record, write_run
 
 from bench_client.flexgen import Policy, Trial, Workload, parse_log, row_and_record
-from bench_client.models import get_model
-from bench_client.report import main
-from bench_client.report_summary import crossover_tokens, profile_label, summarize
-from bench_client.report_table import derive_all
-from bench_client.report_data import Defaults, load_results
-from bench_client.results import ResultsWriter
+from bench_client.core.models import get_model
+from bench_client.report.cli import main
+from bench_client.report.summary import crossover_tokens, profile_label, summarize
+from bench_client.report.table import derive_all
+from bench_client.report.data import Defaults, load_results
+from bench_client.core.results import ResultsWriter
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = (Path(__file__).parent / "fixtures" / "flexgen-0.1.8-benchmark.log").read_text()
@@ -121,7 +121,7 @@ def test_label_edge_cases(name, expected):
 
 
 def test_figure_titles_say_when_servers_share_a_gpu(tmp_path: Path):
-    from bench_client.report_plots import _title
+    from bench_client.report.plots import _title
 
     write_petals(tmp_path, {"none": [7.0]})
     (row,) = load_results([tmp_path], Defaults()).rows

@@ -2,7 +2,7 @@
 
 Written by the experiment playbook on the controller before the first profile runs:
 
-    python -m bench_client.manifest --out results/RUN/manifest.json --json '{"plan": ..., "hosts": ...,
+    python -m bench_client.orchestration.manifest --out results/RUN/manifest.json --json '{"plan": ..., "hosts": ...,
         "extra_vars": ...}'
 
 Hosts are described by the fields the pre-flight probe summarised (address, device, memory, GPUs),
@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench_client import environment
-from bench_client.processes import fail, write_atomically
+from bench_client.core import environment
+from bench_client.core.processes import fail, write_atomically
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -115,7 +115,7 @@ def differences(a: dict[str, Any], b: dict[str, Any], sections: tuple[str, ...] 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.manifest", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.manifest", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="results/<run-id>/manifest.json")
     parser.add_argument("--json", required=True, help="JSON object with plan, hosts, extra_vars (and run_id, inventory)")
     args = parser.parse_args(argv)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench_client.manifest import differences, read_manifest
-from bench_client.report_data import Defaults, load_results
-from bench_client.report_summary import Summary, _config_key, fmt_spread, profile_label, summarize
-from bench_client.report_table import derive_all, fmt_number
+from bench_client.orchestration.manifest import differences, read_manifest
+from bench_client.report.data import Defaults, load_results
+from bench_client.report.summary import Summary, _config_key, fmt_spread, profile_label, summarize
+from bench_client.report.table import derive_all, fmt_number
 
 
 def _by_config(run: Path, defaults: Defaults) -> tuple[dict[tuple, Summary], list[str]]:

@@ -15,10 +15,10 @@ matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from bench_client.models import get_model  # noqa: E402
-from bench_client.report_reference import PAPER_ANCHORS, roofline_tokens_per_s_per_gpu  # noqa: E402
-from bench_client.report_summary import Summary, best_by, profile_delay_ms, profile_label  # noqa: E402
-from bench_client.report_table import Derived, fmt_number, natural_key  # noqa: E402
+from bench_client.core.models import get_model  # noqa: E402
+from bench_client.report.reference import PAPER_ANCHORS, roofline_tokens_per_s_per_gpu  # noqa: E402
+from bench_client.report.summary import Summary, best_by, profile_delay_ms, profile_label  # noqa: E402
+from bench_client.report.table import Derived, fmt_number, natural_key  # noqa: E402
 
 DPI = 110
 FIGSIZE = (18.0, 5.4)  # inches: 1980 x 594 pixels

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from statistics import median
 
-from bench_client.models import MODELS
-from bench_client.report_reference import PAPER_ANCHORS, PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
-from bench_client.report_table import Derived, fmt_number, natural_key
+from bench_client.core.models import MODELS
+from bench_client.report.reference import PAPER_ANCHORS, PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
+from bench_client.report.table import Derived, fmt_number, natural_key
 
 _PROFILE = re.compile(r"(?:paper-)?(\d+(?:\.\d+)?)ms-(\d+(?:\.\d+)?)(g|m|k)bit", re.IGNORECASE)
 UNSHAPED = ("none", "", None)

@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_client.models import WEIGHT_DTYPES, UnknownModelError, get_model
-from bench_client.report_data import Defaults, ReportInputError, Results, load_results
-from bench_client.report_reference import PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
+from bench_client.core.models import WEIGHT_DTYPES, UnknownModelError, get_model
+from bench_client.report.data import Defaults, ReportInputError, Results, load_results
+from bench_client.report.reference import PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
 
 EXIT_BAD_INPUT = 2
 
@@ -95,9 +95,9 @@ def table_token_count(results: Results, requested: int | None) -> tuple[int, str
 def render(results: Results, requested_new_tokens: int | None) -> dict[str, bytes]:
     """Every output file, by name, in memory."""
     # imported here so that bad input is reported without paying for matplotlib's import
-    from bench_client.report_plots import render_models, render_plots
-    from bench_client.report_summary import check_claims, md_claims, md_paper_layout, md_summary, summarize
-    from bench_client.report_table import NOTES, derive_all, md_failed, md_table, to_csv
+    from bench_client.report.plots import render_models, render_plots
+    from bench_client.report.summary import check_claims, md_claims, md_paper_layout, md_summary, summarize
+    from bench_client.report.table import NOTES, derive_all, md_failed, md_table, to_csv
 
     derived = derive_all(results.rows)
     table_new_tokens, which_rows = table_token_count(results, requested_new_tokens)
@@ -174,7 +174,7 @@ def write_outputs(out: Path, files: dict[str, bytes]) -> None:
 
 def compare_main(args: argparse.Namespace) -> int:
     """--compare: markdown on stdout, and compare.md in --out when given."""
-    from bench_client.report_compare import compare
+    from bench_client.report.compare import compare
 
     if args.results:
         print("report: error: --compare takes the two run directories only, no RESULTS", file=sys.stderr)
