@@ -75,6 +75,15 @@ def engine_cases() -> list[Case]:
     return cases
 
 
+def flexgen_cases() -> list[Case]:
+    import test_flexgen as flexgen
+
+    test = "test_flexgen.py::test_cli_bad_input_fails_before_running_anything"
+    return [Case("bench_client.flexgen (FlexGen CLI)", "flexgen " + " ".join(args), " ".join(args), message, test,
+                 _cli("bench_client.flexgen", ["--model", "facebook/opt-30b", "--output", "{tmp}/out.tsv", *args]))
+            for args, message in _marks(flexgen.test_cli_bad_input_fails_before_running_anything)]
+
+
 def own_cli_cases() -> list[Case]:
     """Refusals checked by tests/test_bad_inputs.py itself (nothing else covers them)."""
     test = "test_bad_inputs.py::test_launchers_refuse"
@@ -173,7 +182,7 @@ def firewall_cases() -> list[Case]:
 
 
 def all_cases(ansible: bool = True) -> list[Case]:
-    cases = engine_cases() + own_cli_cases() + report_cases()
+    cases = engine_cases() + flexgen_cases() + own_cli_cases() + report_cases()
     if ansible:
         cases += preflight_cases() + firewall_cases()
     return cases

@@ -59,6 +59,10 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         assert {m["run_id"] for m in meta} == {run.run_id}
         assert {m["network_profile"] for m in meta} == {"none"} and all(m["network"] is None for m in meta)
         assert {m["num_servers"] for m in meta} == {2}
+        manifest = json.loads((run.results_dir / "manifest.json").read_text())  # written by the experiment playbook
+        assert manifest["run_id"] == run.run_id and manifest["plan"]["run_id"] == run.run_id
+        assert len(manifest["git"]["commit"]) == 40 and "localhost" in manifest["hosts"]
+        assert manifest["extra_vars"]["systems"] is None and manifest["plan"]["systems"] == ["petals"]
 
         pidfiles = sorted(p.name for p in (workdir / "run").glob("*.pid"))
         assert pidfiles == ["dht.pid", "server0.pid", "server1.pid"]  # the client and swarm-wait left none

@@ -129,3 +129,18 @@ def test_cli_prints_plan_or_one_line_error():
     bad = subprocess.run([sys.executable, "-m", "bench_client.orchestration.plan", "--json", json.dumps(config(model="x"))],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown model 'x'") and bad.stderr.count("\n") == 1
+
+
+def test_systems_default_petals_and_flexgen_on_the_first_gpu_server_host():
+    assert make_plan(config())["systems"] == ["petals"] and make_plan(config())["flexgen_host"] is None
+    hosts = {h: {"device": "cuda", "gpus_mib": [143771], "mem_kb": 128 * GIB_KB} for h in ("g1", "g2")}
+    plan = make_plan(config(model="facebook/opt-6.7b", systems="petals,flexgen", hosts=hosts,
+                            groups={"dht": ["g1"], "servers": ["g1", "g2"], "clients": ["g1"]}))
+    assert plan["systems"] == ["petals", "flexgen"] and plan["flexgen_host"] == "g1"
+
+
+@pytest.mark.parametrize("systems, expected", [("petals,vllm", "subset of petals, flexgen"), (",", "subset"),
+                                                ("flexgen", "must include petals"),
+                                                ("petals,flexgen", "needs a CUDA GPU")])
+def test_bad_systems(systems, expected):
+    assert expected in refusal(systems=systems)

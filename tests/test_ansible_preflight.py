@@ -28,6 +28,8 @@ CASES = {
     # docker is implemented by the roles now (tests/test_docker_runtime.py runs it); a runtime without tasks
     # is refused too (tests/test_ansible_plan.py::test_runtime_without_role_tasks)
     "unknown-runtime": ({"netbench_runtime": "podman"}, None, "runtime 'podman' is not one of process, docker"),
+    "unknown-system": ({"systems": "petals,vllm"}, None, "expected a comma-separated subset of petals, flexgen"),
+    "flexgen-without-gpu": ({"systems": "petals,flexgen"}, None, "flexgen, which needs a CUDA GPU"),
     "missing-group": ({}, "servers", "inventory group 'servers' is missing or empty"),
     "empty-group": ({}, "clients-empty", "inventory group 'clients' is missing or empty"),
 }

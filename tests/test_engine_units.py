@@ -13,7 +13,8 @@ from bench_client.core.metrics import GenerateTiming
 from bench_client.core.models import MODELS, get_model, parse_block_span, split_blocks, validate_dht_prefix
 from bench_client.swarm.peers import PeerError, resolve_initial_peers
 from bench_client.core.results import ResultsFileError, ResultsWriter, TsvRow, metadata_path_for, read_tsv
-from bench_client.core.sweep import SweepPoint, attention_cache_tokens, build_sweep, parse_token_sweep, remaining
+from bench_client.core.sweep import (SweepPoint, attention_cache_tokens, build_sweep, parse_token_sweep, remaining, repeat_of,
+                                repeat_sweep)
 
 PEER = "/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9"
 
@@ -122,6 +123,18 @@ def test_resume_counts_duplicates():
     done[SweepPoint(512, 32)] = 2
     done[SweepPoint(512, 31)] = 1
     assert remaining(sweep, done) == []
+
+
+def test_repeats_are_whole_passes_and_resume_in_order():
+    one = build_sweep([256, 512], 32, range(32, 33))  # 512x32 twice per pass
+    sweep = repeat_sweep(one, 3)
+    assert len(sweep) == 9 and sweep[3:6] == one
+    done = Counter({SweepPoint(256, 32): 2, SweepPoint(512, 32): 3})
+    todo = remaining(sweep, done)
+    # pass 0 is complete, pass 1 lacks its second 512x32, pass 2 everything but its 256x32 ... in sweep order
+    assert [(repeat_of(i, len(one)), p.prompt_length) for i, p in todo] == [(1, 512), (2, 256), (2, 512), (2, 512)]
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        repeat_sweep(one, 0)
 
 
 def test_attention_cache_is_sized_from_the_workload():

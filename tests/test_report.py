@@ -134,12 +134,13 @@ def test_table_has_columns_units_per_gpu_division_and_anchors(results_dir: Path,
                    "paper Petals (tokens/s/GPU)", "paper FlexGen (tokens/s)", "paper FlexGen 4-bit (tokens/s)",
                    "batch × micro-batches × processes"):
         assert header in md
-    row = next(line for line in md.splitlines() if "| 1x2x6 |" in line)
+    every = md.split("## Every measurement")[1]  # the full table (before it: the paper's layout, claims, medians)
+    row = next(line for line in every.splitlines() if "| 1x2x6 |" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:6] == ["facebook/opt-30b", "float16", "10ms-1gbit", f"4 × {H100}", "1x2x6", "512 / 32"]
-    assert cells[6:9] == ["120", "30.0", "3.20"]  # swarm, per GPU (= 120 / 4), generate() latency
-    assert cells[11] == f"{100 * 30 / (roofline_2 / 2):.1f} %"
-    assert cells[12:] == ["2.84", "7.32", "8.38"]
+    assert cells[:7] == ["facebook/opt-30b", "petals", "float16", "10ms-1gbit", f"4 × {H100}", "1x2x6", "512 / 32"]
+    assert cells[7:10] == ["120", "30.0", "3.20"]  # swarm, per GPU (= 120 / 4), generate() latency
+    assert cells[12] == f"{100 * 30 / (roofline_2 / 2):.1f} %"
+    assert cells[13:] == ["2.84", "7.32", "8.38"]
 
 
 def test_anchors_only_at_the_paper_workload_and_for_each_model(tmp_path: Path):
@@ -204,7 +205,7 @@ def test_tsv_without_metadata_is_never_divided_by_one(tmp_path: Path, capsys):
     md = (out / "table17.md").read_text()
     assert "unknown (GPU count)" in md and "GPU count unknown" in md  # table cell, input note
     assert "Swarm throughput (not per GPU" not in md  # plot titles are in the PNG, not the md
-    assert len(list(out.glob("*.png"))) == 1
+    assert len(list(out.glob("tokens_*.png"))) == 1
 
 
 def test_tsv_without_metadata_uses_the_flags(tmp_path: Path):
@@ -285,7 +286,7 @@ def test_cpu_swarm_is_per_server_and_says_so(tmp_path: Path):
     assert (b["num_gpus"], b["per_gpu_throughput_tokens_per_s"], b["roofline_fraction"]) == ("0", "", "")
     md = (out / "table17.md").read_text()
     assert "0 (2 servers without GPU)" in md and " per server (no GPU) |" in md and "n/a (no GPU)" in md
-    assert sorted(p.name for p in out.glob("*.png")) == [
+    assert sorted(p.name for p in out.glob("tokens_*.png")) == [
         "tokens_netbench-tiny-float32-2cpu-servers-b2x1x6-prompt512.png", "tokens_netbench-tiny-float32-cpu-b2x1x6-prompt512.png"]
 
 
@@ -429,15 +430,20 @@ def test_plots_are_real_readable_pngs_one_per_sweep(results_dir: Path, tmp_path:
 
     out = tmp_path / "report"
     assert run_report(results_dir, "--out", out) == 0
-    plots = sorted(out.glob("*.png"))
+    plots = sorted(out.glob("tokens_*.png"))
     # one figure: OPT-30B, 4 GPUs, 2x1x6, prompt 512 (1x2x6 has only 32 new tokens: table only)
     assert [p.name for p in plots] == ["tokens_facebook-opt-30b-float16-4gpu-b2x1x6-prompt512.png"]
-    assert png_size(plots[0]) == (1430, 594)
+    assert png_size(plots[0]) == (1980, 594)  # throughput, generate() latency, per-token latency panels
     assert plots[0].stat().st_size > 30_000
     pixels = matplotlib.image.imread(plots[0])
     assert pixels.std() > 0.05, "the figure is blank"
     md = (out / "table17.md").read_text()
     assert f"]({plots[0].name})" in md
+    # every figure also as SVG (vector, for print), and the cross-model figure
+    svg = plots[0].with_suffix(".svg").read_text()
+    assert svg.startswith("<?xml") and "<svg" in svg and "10 ms / 1 Gbit/s" in svg  # human profile labels
+    assert png_size(out / "models_per_gpu.png")[0] > 1000 and (out / "models_per_gpu.svg").is_file()
+    assert "](models_per_gpu.png)" in md
 
 
 def test_command_line_writes_beside_the_results_and_keeps_other_files(results_dir: Path):
@@ -482,8 +488,8 @@ def test_several_runs_of_one_profile_are_separate_curves_and_rows(tmp_path: Path
     assert run_report(root, "--out", out) == 0
     assert sorted(r["run_id"] for r in read_csv(out / "table17.csv")) == ["a", "b"]
     assert "| run |" in (out / "table17.md").read_text()
-    assert len(list(out.glob("*.png"))) == 1
-    assert math.isfinite(png_size(next(out.glob("*.png")))[0])
+    assert len(list(out.glob("tokens_*.png"))) == 1
+    assert math.isfinite(png_size(next(out.glob("tokens_*.png")))[0])
 
 
 def test_flags_are_checked(results_dir: Path, capsys):

@@ -73,7 +73,7 @@ def test_report_of_a_real_cpu_swarm(real_results: Path, capsys):
     assert "Rows with 4 new tokens, the most measured (no result has the paper's 32)" in md
     assert "8.79 per server (no GPU)" in md and "0 (2 servers without GPU)" in md
 
-    (plot,) = out.glob("*.png")
+    (plot,) = out.glob("tokens_*.png")
     assert plot.name == "tokens_netbench-tiny-float32-2cpu-servers-b1x2x2-prompt16.png"
     data = plot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000

@@ -94,6 +94,16 @@ def test_batch_two_per_request_and_explicit_gpu_count(swarm, tmp_path):
     assert meta["num_gpus"] == 4 and meta["num_gpus_source"] == "flag"
     assert meta["per_gpu_throughput"] == pytest.approx(row.total_throughput / 4)
     assert meta["total_tokens"] == 2 * 1 * 2 * 2
+    assert meta["system"] == "petals" and meta["repeat"] == 0
+
+    # --repeats 2 on the same output: the first repeat is there, only the second is measured
+    again = swarm.run_module(["bench_client", "--initial_peers", f"@{swarm.address_file}", "--prefix", MODEL,
+                              "-b", "2", "--num-processes", "2", "--output", str(out), "--prompt-lengths", "8",
+                              "--new-tokens", "2", "--token-sweep", "none", "--num-gpus", "4", "--repeats", "2"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 of 2 configurations to measure" in again.stderr
+    assert len(read_tsv(out)) == 2
+    assert [m["repeat"] for m in read_metadata(out.with_suffix(".jsonl"))] == [0, 1]
 
 
 def test_model_nobody_serves_is_a_clear_error(swarm, tmp_path):

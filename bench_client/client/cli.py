@@ -25,7 +25,8 @@ from bench_client.swarm.peers import PeerError, resolve_initial_peers
 from bench_client.core.processes import fail
 from bench_client.core.results import ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
 from bench_client.swarm.server import DEFAULT_MODELS_DIR
-from bench_client.core.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining
+from bench_client.core.sweep import (ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining,
+                                repeat_of, repeat_sweep)
 from bench_client.swarm.blocks import EXIT_MISSING_BLOCKS, EXIT_UNREACHABLE, SwarmView, connect, format_ranges, inspect
 from bench_client.client.workers import Task, WorkerError, WorkerPool, WorkerSpec
 
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="petals client retries per request before the configuration fails (petals' default is "
                         "infinite: a swarm that lost a block would hang until --config-timeout)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=positive_int, default=1,
+                   help="measure the whole sweep this many times (rows per repeat, 'repeat' in the JSONL)")
     return p
 
 
@@ -141,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = get_model(args.prefix)
         peers = resolve_initial_peers(args.initial_peers)
         token_sweep = parse_token_sweep(args.token_sweep, spec.name)
-        points = build_sweep(args.prompt_lengths, args.new_tokens, token_sweep, args.token_sweep_prompt_length)
+        one_pass = build_sweep(args.prompt_lengths, args.new_tokens, token_sweep, args.token_sweep_prompt_length)
+        points = repeat_sweep(one_pass, args.repeats)
         writer = ResultsWriter(args.output, args.metadata)
         done = writer.done(args.batch_size, args.num_micro_batches, args.num_processes)
     except (UnknownModelError, PeerError, ValueError) as exc:  # ResultsFileError is a ValueError
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_id = args.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     common = {
-        "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
+        "system": "petals", "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
         "batch_size": args.batch_size, "num_micro_batches": args.num_micro_batches,
         "num_processes": args.num_processes, "num_gpus": num_gpus, "num_gpus_source": gpus_source,
         **describe_servers(view),
@@ -196,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 per_process = pool.run(task, args.config_timeout)
             except WorkerError as exc:
                 writer.append_metadata({**common, "prompt_length": point.prompt_length, "new_tokens": point.new_tokens,
-                                        "sweep_index": index, "started_at": started_at, "finished_at": now_iso(),
+                                        "sweep_index": index, "repeat": repeat_of(index, len(one_pass)),
+                                        "started_at": started_at, "finished_at": now_iso(),
                                         "status": "failed", "error": str(exc)})
                 print(f"error: configuration prompt={point.prompt_length} new_tokens={point.new_tokens} failed; "
                       f"rows measured so far are kept in {args.output} and a rerun resumes here.\n{exc}",
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                          point.new_tokens, m.total_throughput, m.mean_generate_latency_s)
             writer.append(row, {
                 **common, "prompt_length": point.prompt_length, "new_tokens": point.new_tokens, "sweep_index": index,
-                "total_tokens": m.total_tokens, "wall_time_s": m.wall_time_s, "total_throughput": m.total_throughput,
+                "repeat": repeat_of(index, len(one_pass)), "total_tokens": m.total_tokens, "wall_time_s": m.wall_time_s, "total_throughput": m.total_throughput,
                 "per_gpu_throughput": m.per_gpu_throughput, "mean_generate_latency_s": m.mean_generate_latency_s,
                 "prefill_time_s": m.prefill_time_s, "decode_time_s": m.decode_time_s,
                 "per_token_latency_s": m.per_token_latency_s, "tokens_generated_per_call": produced,

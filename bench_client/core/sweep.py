@@ -49,6 +49,19 @@ def build_sweep(prompt_lengths: list[int], new_tokens: int, token_sweep: range |
     return points
 
 
+def repeat_sweep(points: list[SweepPoint], repeats: int) -> list[SweepPoint]:
+    """The whole sweep ``repeats`` times over (passes, not back-to-back repeats: a drift of the
+    machine over the run spreads over every configuration instead of biasing the last ones)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    return points * repeats
+
+
+def repeat_of(index: int, points_per_pass: int) -> int:
+    """Which pass of repeat_sweep() the point at ``index`` belongs to (0-based)."""
+    return index // points_per_pass
+
+
 def remaining(points: list[SweepPoint], done: Counter) -> list[tuple[int, SweepPoint]]:
     """Points still to measure, with their index in the sweep. ``done`` counts finished points, so a
     point listed twice is skipped only as many times as it was already measured."""

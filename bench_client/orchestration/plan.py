@@ -197,6 +197,23 @@ def check_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[s
             "available_gb": round(available / GB, 2)}
 
 
+SYSTEMS = ("petals", "flexgen")  # flexgen: bench_client.flexgen on the first GPU server host (playbooks/flexgen.yml)
+
+
+def parse_systems(value: Any) -> list[str]:
+    """-e systems=petals,flexgen (a comma-separated string or a list); default petals."""
+    items = value if isinstance(value, list) else str(value or "petals").split(",")
+    systems = [str(s).strip() for s in items if str(s).strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        raise PlanError(f"systems {value!r}: expected a comma-separated subset of {', '.join(SYSTEMS)}")
+    if "petals" not in systems:
+        # the swarm stages always run; FlexGen alone is its tag: -e systems=petals,flexgen --tags flexgen
+        raise PlanError(f"systems {value!r} must include petals (for FlexGen alone: -e systems=petals,flexgen "
+                        "--tags flexgen)")
+    return list(dict.fromkeys(systems))
+
+
 def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     """Validate ``config`` (see the module docstring) and return the plan, or raise PlanError."""
     try:
@@ -248,9 +265,14 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
                             "use profiles=none here or the emulated/cloud inventory")
     memory = check_memory(model, dtype, servers, server_hosts)
     num_gpus = sum(1 for s in servers if s["device"].startswith("cuda"))
+    systems = parse_systems(config.get("systems"))
+    gpu_servers = [h for h in groups["servers"] if (host_data[h] or {}).get("gpus_mib")]
+    if "flexgen" in systems and not gpu_servers:
+        raise PlanError("systems includes flexgen, which needs a CUDA GPU, but no server host has one")
     return {
         "model": model.name, "dht_prefix": model.dht_prefix, "layers": model.layers, "dtype": dtype,
-        "run_id": run_id, "profiles": profiles, "servers": servers,
+        "run_id": run_id, "profiles": profiles, "servers": servers, "systems": systems,
+        "flexgen_host": gpu_servers[0] if "flexgen" in systems else None,
         "servers_by_host": {h: [s for s in servers if s["host"] == h] for h in counts},
         "num_servers": len(servers), "num_gpus": num_gpus,
         "gpus_by_host": {h: len((data or {}).get("gpus_mib") or ()) for h, data in host_data.items()}, "memory": memory, "groups": groups,

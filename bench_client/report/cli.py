@@ -1,8 +1,10 @@
 """``python -m bench_client.report RESULTS... [--out DIR]``: Table 17 and the paper's figure from our runs.
 
 Reads the original 7-column TSVs (and the JSONL metadata beside each), then writes into DIR:
-``table17.md`` (table, notes, failed configurations, plots), ``table17.csv`` (the rows at the
-table's new-token count), ``rows.csv`` (every row, token sweeps included) and ``tokens_*.png``.
+``table17.md`` (the paper's layout, claims checked, medians over repeats, every row, notes, failed
+configurations, plots), ``table17.csv`` (the rows at the table's new-token count), ``rows.csv``
+(every row, token sweeps included), ``tokens_*.png|svg`` and ``models_per_gpu.png|svg``.
+``--compare RUN_A RUN_B`` compares two runs instead (report_compare).
 All input is checked and every output rendered in memory first: bad input gets a one-line error
 naming the file and line, exit status 2, and nothing is written.
 """
@@ -42,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench_client.report",
         description="Table 17 (markdown + CSV) and throughput/latency-vs-tokens plots from benchmark results.",
     )
-    parser.add_argument("results", nargs="+", type=Path, help="result directories (searched for *.tsv) or TSV files")
+    parser.add_argument("results", nargs="*", type=Path, help="result directories (searched for *.tsv) or TSV files")
+    parser.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("RUN_A", "RUN_B"),
+        help="compare two run directories (results/<run-id>): per-configuration deltas and manifest differences",
+    )
     parser.add_argument(
         "--out", type=Path, help="output directory (default: RESULTS/report when RESULTS is one directory)"
     )
@@ -89,7 +95,8 @@ def table_token_count(results: Results, requested: int | None) -> tuple[int, str
 def render(results: Results, requested_new_tokens: int | None) -> dict[str, bytes]:
     """Every output file, by name, in memory."""
     # imported here so that bad input is reported without paying for matplotlib's import
-    from bench_client.report.plots import render_plots
+    from bench_client.report.plots import render_models, render_plots
+    from bench_client.report.summary import check_claims, md_claims, md_paper_layout, md_summary, summarize
     from bench_client.report.table import NOTES, derive_all, md_failed, md_table, to_csv
 
     derived = derive_all(results.rows)
@@ -101,7 +108,21 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
     md = [
         f"# Table 17 from our runs (prompt {PAPER_PROMPT_LENGTH} / {PAPER_NEW_TOKENS} new tokens is the paper's workload)\n\n"
     ]
-    md.append(f"{which_rows}; every row (token sweeps too) is in `rows.csv`.\n\n")
+    summaries = summarize(derived)
+    md.append(
+        f"## As the paper lays it out: per-GPU throughput (tokens/s/GPU), prompt {PAPER_PROMPT_LENGTH} / "
+        f"{PAPER_NEW_TOKENS} new tokens\n\nMedian [min–max] over repeats (n), each system at its best measured "
+        "setting (named under the number); FlexGen runs on one GPU without a network.\n\n"
+    )
+    md.append(md_paper_layout(summaries))
+    models_plot = render_models(summaries)
+    if models_plot:
+        md.append(f"\n![{models_plot.title}]({models_plot.filename}) (also [SVG]({models_plot.svg_filename}))\n")
+    md.append("\n## Claims checked\n\n" + md_claims(check_claims(summaries)))
+    table_summaries = [s for s in summaries if s.first.row.new_tokens == table_new_tokens]
+    md.append(f"\n## Median and spread over repeats\n\n{which_rows}.\n\n")
+    md.append(md_summary(table_summaries) if table_summaries else "No rows.\n")
+    md.append(f"\n## Every measurement\n\n{which_rows}; every row (token sweeps too) is in `rows.csv`.\n\n")
     md.append(
         md_table(table, with_run) if table else f"No result has {table_new_tokens} new tokens (see `rows.csv`).\n"
     )
@@ -110,7 +131,8 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
         md.append(f"\n## Failed configurations ({len(results.failed)})\n\n" + md_failed(results.failed))
     md.append("\n## Throughput and latency vs generated tokens\n")
     if plots:
-        md.extend(f"\n### {plot.title}\n\n![{plot.title}]({plot.filename})\n" for plot in plots)
+        md.extend(f"\n### {plot.title}\n\n![{plot.title}]({plot.filename}) (also [SVG]({plot.svg_filename}))\n"
+                  for plot in plots)
     else:
         md.append("\nNo token sweep in these results (every configuration has one new-token count): no plots.\n")
     if results.warnings:
@@ -121,11 +143,14 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
         "table17.csv": to_csv(table).encode(),
         "rows.csv": to_csv(derived).encode(),
     }
-    files.update({plot.filename: plot.png for plot in plots})
+    for plot in plots + ([models_plot] if models_plot else []):
+        files[plot.filename] = plot.png
+        files[plot.svg_filename] = plot.svg
     return files
 
 
-PLOT_GLOB = "tokens_*.png"  # every plot's name (report_plots): older ones that this run did not make are stale
+# every plot's name (report_plots): older ones that this run did not make are stale
+PLOT_GLOBS = ("tokens_*.png", "tokens_*.svg", "models_*.png", "models_*.svg")
 
 
 def write_outputs(out: Path, files: dict[str, bytes]) -> None:
@@ -140,16 +165,43 @@ def write_outputs(out: Path, files: dict[str, bytes]) -> None:
         out.mkdir(exist_ok=True)
         for name in files:
             os.replace(staging / name, out / name)
-        for stale in out.glob(PLOT_GLOB):
+        for stale in (p for pattern in PLOT_GLOBS for p in out.glob(pattern)):
             if stale.name not in files:
                 stale.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def compare_main(args: argparse.Namespace) -> int:
+    """--compare: markdown on stdout, and compare.md in --out when given."""
+    from bench_client.report.compare import compare
+
+    if args.results:
+        print("report: error: --compare takes the two run directories only, no RESULTS", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for run in args.compare:
+        if not run.is_dir():
+            print(f"report: error: {run}: not a run directory", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    try:
+        text = compare(*args.compare, Defaults(model=args.model, num_gpus=args.num_gpus, gpu_name=args.gpu_name,
+                                               weight_dtype=args.weight_dtype, network_profile=args.network_profile))
+    except (ReportInputError, ValueError, OSError) as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.out:
+        write_outputs(args.out, {"compare.md": text.encode()})
+    print(text, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare_main(args)
+    if not args.results:
+        parser.error("give RESULTS, or --compare RUN_A RUN_B")
     out = args.out
     if out is None:
         if len(args.results) != 1 or not args.results[0].is_dir():

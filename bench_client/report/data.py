@@ -73,6 +73,8 @@ class ResultRow:
     metadata_at: str | None = None  # "path:line" of the JSONL record, None without metadata
     status: str = "ok"
     error: str | None = None
+    system: str = "petals"  # or "flexgen" (bench_client.flexgen); records before it are Petals
+    repeat: int | None = None  # which measurement of a configuration measured --repeats times
 
     @property
     def batch_setting(self) -> str:
@@ -288,6 +290,8 @@ def _row_from_record(base: ResultRow, record: dict, path: Path, line: int, defau
         metadata_at=f"{path}:{line}",
         status=record["status"],
         error=record.get("error"),
+        system=record.get("system") or "petals",
+        repeat=_jsonl_optional_int(record, "repeat", path, line),
     )
     return row
 

@@ -84,6 +84,7 @@ def sort_key(d: Derived) -> tuple:
     r = d.row
     return (
         _model_order(r.model),
+        r.system,
         r.weight_dtype or "",
         natural_key(r.network_profile),
         r.gpu_name or "",
@@ -104,6 +105,7 @@ def derive_all(rows: Iterable[ResultRow]) -> list[Derived]:
 # (CSV column, value) in table order; units are in the names.
 CSV_COLUMNS: tuple[tuple[str, Callable[[Derived], Any]], ...] = (
     ("model", lambda d: d.row.model),
+    ("system", lambda d: d.row.system),
     ("weight_dtype", lambda d: d.row.weight_dtype),
     ("network_profile", lambda d: d.row.network_profile),
     ("num_servers", lambda d: d.row.num_servers),
@@ -127,6 +129,7 @@ CSV_COLUMNS: tuple[tuple[str, Callable[[Derived], Any]], ...] = (
     ("paper_flexgen_tokens_per_s", lambda d: d.paper_flexgen),
     ("paper_flexgen_4bit_tokens_per_s", lambda d: d.paper_flexgen_4bit),
     ("ours_vs_paper_petals", lambda d: d.vs_paper_petals),
+    ("repeat", lambda d: d.row.repeat),
     ("run_id", lambda d: d.row.run_id),
     ("source", lambda d: f"{d.row.source}:{d.row.line}"),
     ("metadata", lambda d: d.row.metadata_at),
@@ -187,6 +190,7 @@ def _fraction_cell(d: Derived) -> str:
 # (markdown header with unit, cell) in table order.
 MD_COLUMNS: tuple[tuple[str, Callable[[Derived], str]], ...] = (
     ("model", lambda d: d.row.model or "unknown"),
+    ("system", lambda d: d.row.system),
     ("weights", lambda d: d.row.weight_dtype or "unknown"),
     ("network", lambda d: d.row.network_profile or "unknown"),
     ("GPUs", _gpu_cell),
@@ -208,7 +212,7 @@ def md_table(derived: list[Derived], with_run: bool = False) -> str:
     columns = list(MD_COLUMNS) + ([("run", lambda d: d.row.run_id or "")] if with_run else [])
     lines = [
         "| " + " | ".join(h for h, _ in columns) + " |",
-        "|" + "|".join("---" if i < 6 else "---:" for i in range(len(columns))) + "|",
+        "|" + "|".join("---" if i < 7 else "---:" for i in range(len(columns))) + "|",
     ]
     for d in derived:
         lines.append("| " + " | ".join(cell(d).replace("|", "\\|") for _, cell in columns) + " |")

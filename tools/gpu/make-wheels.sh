@@ -8,13 +8,14 @@ set -euo pipefail
 out=${1:-.whl}
 venv=${VENV:-.venv}
 py312=${PY312:-$(ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1 || command -v python3.12)}
-# not carried: torch, numpy, jinja2, pyyaml, packaging, psutil, safetensors, sentencepiece, scipy, tqdm,
-# attrs (the GPU image has them); bitsandbytes (compat's placeholder stands in on CUDA 13)
-names=(accelerate annotated-types async-timeout base58 Dijkstar hivemind huggingface-hub humanfriendly msgpack
-  netaddr peft petals prefetch_generator pydantic pydantic_core python-baseconv varint sortedcontainers
-  speedtest-cli tensor-parallel tokenizers transformers uvloop py-multihash py-multibase py-multicodec py-cid
-  morphys mmh3 protobuf cpufeature cryptography cffi pycparser six typing-inspection typing_extensions regex
-  grpcio grpcio-tools
+# not carried (the GPU image has them, KINDS.md): torch, numpy, scipy, jinja2, pyyaml, packaging, psutil,
+# safetensors, sentencepiece, tqdm, attrs, grpcio, protobuf, msgpack, uvloop, regex, six, sortedcontainers,
+# typing-extensions; grpcio-tools (hivemind's metadata asks for it, nothing imports it at run time);
+# bitsandbytes (compat's placeholder stands in on CUDA 13)
+names=(accelerate annotated-types async-timeout base58 ConfigArgParse Dijkstar hivemind huggingface-hub humanfriendly
+  netaddr peft petals prefetch_generator pydantic pydantic_core python-baseconv varint
+  speedtest-cli tensor-parallel tokenizers transformers py-multihash py-multibase py-multicodec py-cid
+  morphys mmh3 cpufeature cryptography cffi pycparser typing-inspection
   ansible-core ansible-runner resolvelib pexpect ptyprocess python-daemon lockfile
   ${EXTRA_WHEELS:-})
 mkdir -p "$out"

@@ -4,6 +4,9 @@
 #   bash tools/gpu/run_gpu.sh STAGE OUTDIR
 set -euo pipefail
 stage="$1"; out="$2"; mkdir -p "$out"
+# REPEATS=3: measure every configuration 3 times (the client's --repeats; an OUT that already holds
+# rows keeps them and measures only the missing repeats)
+repeats="${REPEATS:-1}"
 if [[ ! -d /tmp/site/petals ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
@@ -35,13 +38,14 @@ case "$stage" in
     for setting in "-b 2 --num-micro-batches 1" "-b 1 --num-micro-batches 2"; do
       tag=$(echo "$setting" | tr -d ' -' | tr 'b' 'b')
       swarm "opt6.7b-$tag" facebook/opt-6.7b 1 -- $setting --num-processes 6 --output "$out/opt6.7b.tsv" \
-        --prompt-lengths 256 512 1024 --new-tokens 32 --token-sweep none --network-profile none --num-gpus 1
+        --prompt-lengths 256 512 1024 --new-tokens 32 --token-sweep none --network-profile none --num-gpus 1 \
+        --repeats "$repeats"
     done
     ;;
   opt30b)
     # the paper's token sweep (0..32 new tokens at prompt 512), every 4th point to fit the device budget
     swarm opt30b-b2 facebook/opt-30b 4 -- -b 2 --num-micro-batches 1 --num-processes 6 --output "$out/opt30b.tsv" \
-      --token-sweep 0:33:4 --network-profile none --num-gpus 1
+      --token-sweep 0:33:4 --network-profile none --num-gpus 1 --repeats "$repeats"
     ;;
   settings)
     # Server and client settings at the paper workload (OPT-30B, 4 servers, 512 / 32, batch 2 x 6), one
@@ -73,7 +77,7 @@ case "$stage" in
       tag=$(echo "$setting" | tr -d ' -')
       swarm "opt175b-$tag" facebook/opt-175b 4 --gpus 4 --timeout 400 -- $setting --num-processes 6 \
         --output "$out/opt175b.tsv" --prompt-lengths 512 --new-tokens 32 --token-sweep none --network-profile none \
-        --num-gpus 4
+        --num-gpus 4 --repeats "$repeats"
     done
     ;;
   step)

@@ -1,0 +1,134 @@
+"""``results/<run-id>/manifest.json``: what a run was (plan, hosts, extra vars, versions, git commit).
+
+Written by the experiment playbook on the controller before the first profile runs:
+
+    python -m bench_client.orchestration.manifest --out results/RUN/manifest.json --json '{"plan": ..., "hosts": ...,
+        "extra_vars": ...}'
+
+Hosts are described by the fields the pre-flight probe summarised (address, device, memory, GPUs),
+never by their connection variables; any key that looks like a credential is dropped wherever it
+appears, so a secret passed as an extra var never reaches the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench_client.core import environment
+from bench_client.core.processes import fail, write_atomically
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA = 1
+_SECRET_KEY = re.compile(r"pass(word|wd|phrase)?|secret|token|private|credential|api_?key|ssh_?key|key_?file|become_pass",
+                         re.IGNORECASE)
+REDACTED = "<redacted>"
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with every dict entry whose key looks like a credential replaced."""
+    if isinstance(value, dict):
+        return {k: REDACTED if _SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def git_state(directory: Path = PROJECT_DIR) -> dict[str, Any]:
+    """The project's commit and whether the work tree differs from it (None outside a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None, "branch": git("rev-parse",
+                                                                                                      "--abbrev-ref", "HEAD")}
+
+
+def controller_versions() -> dict[str, Any]:
+    from importlib import metadata
+
+    found: dict[str, Any] = dict(environment.package_versions())
+    for package in ("ansible-core", "ansible-runner", "matplotlib"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    found["platform"] = platform.platform()
+    return found
+
+
+def build_manifest(data: dict[str, Any]) -> dict[str, Any]:
+    plan = data.get("plan") or {}
+    return redact({
+        "schema": MANIFEST_SCHEMA,
+        "run_id": data.get("run_id") or plan.get("run_id"),
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "controller_versions": controller_versions(),
+        "extra_vars": data.get("extra_vars") or {},
+        "plan": plan,
+        "hosts": data.get("hosts") or {},
+        "inventory": data.get("inventory"),
+    })
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from None
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (lists stay whole): the form manifests are compared in."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(flatten(sub, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def differences(a: dict[str, Any], b: dict[str, Any], sections: tuple[str, ...] = (
+        "git", "controller_versions", "extra_vars", "plan.model", "plan.dtype", "plan.num_gpus", "plan.profiles",
+        "plan.systems", "hosts")) -> list[tuple[str, Any, Any]]:
+    """(key, in A, in B) for every differing value under ``sections`` (run ids and times always differ)."""
+    fa, fb = flatten(a), flatten(b)
+    keys = sorted(k for k in set(fa) | set(fb) if any(k == s or k.startswith(s + ".") for s in sections))
+    return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.manifest", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="results/<run-id>/manifest.json")
+    parser.add_argument("--json", required=True, help="JSON object with plan, hosts, extra_vars (and run_id, inventory)")
+    args = parser.parse_args(argv)
+    try:
+        data = json.loads(args.json)
+    except json.JSONDecodeError as exc:
+        fail(f"--json is not valid JSON ({exc.msg})")
+    if not isinstance(data, dict):
+        fail("--json must be a JSON object")
+    write_atomically(args.out, json.dumps(build_manifest(data), indent=2, sort_keys=True) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
