@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench_client.daemon import Record, group_members
+from bench_client.provenance import git_state
 from bench_client.runner import PROJECT_DIR, run_experiment
 from secrets_scan import leaks
 
@@ -59,6 +60,13 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         assert {m["run_id"] for m in meta} == {run.run_id}
         assert {m["network_profile"] for m in meta} == {"none"} and all(m["network"] is None for m in meta)
         assert {m["num_servers"] for m in meta} == {2}
+        # what launched the rows and from which commit (the controller's checkout, through the plan)
+        assert {m["launcher"] for m in meta} == {"ansible"}
+        assert {m["git"]["commit"] for m in meta} == {git_state()["commit"]} and git_state()["commit"]
+        # the wait showed the client's own progress line, not Ansible's retries; the end, the cleanup command
+        assert "sweep    localhost        [2/2] prompt    32,   4 new tokens:" in out.getvalue()
+        assert "FAILED - RETRYING" not in out.getvalue()
+        assert run.swarm_hosts == ["localhost"]
 
         pidfiles = sorted(p.name for p in (workdir / "run").glob("*.pid"))
         assert pidfiles == ["dht.pid", "server0.pid", "server1.pid"]  # the client and swarm-wait left none
