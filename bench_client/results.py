@@ -124,7 +124,7 @@ class ResultsWriter:
         self.append_metadata(metadata)
 
     def append_metadata(self, metadata: dict) -> None:
-        append_line(self.metadata, json.dumps({"schema": SCHEMA_VERSION, **self.provenance, **metadata},
+        append_line(self.metadata, json.dumps({"schema": SCHEMA_VERSION, **metadata, **self.provenance},
                                                 sort_keys=True) + "\n")
 
 

@@ -123,3 +123,34 @@ def test_check_mode_changes_nothing(tmp_path):
     # a normal run right after is not in check mode (ansible-runner keeps no state between our runs)
     provision = run_experiment(extravars={"netbench_workdir": str(workdir)}, tags="provision", out=io.StringIO())
     assert provision.ok and workdir.is_dir()
+
+
+def test_gpu_servers_share_a_gpu_pinned_with_the_plans_cache(tmp_path):
+    """No GPU here: the petals_server role (process runtime) runs the plan of a one-H200 host with the
+    paper's workload against a recording stand-in for the host's python. Each of the 4 servers is
+    started with only GPU 0 visible, as cuda:0, with the cache the plan sized for 6 sessions x batch 2."""
+    from bench_client.plan import make_plan
+    from dockerlab import ansible_playbook
+
+    plan = make_plan({"model": "facebook/opt-30b", "run_id": "gpu1",
+                      "workload": {"batch_size": 2, "num_processes": 6, "prompt_lengths": [512], "new_tokens": 32},
+                      "groups": {"dht": ["localhost"], "servers": ["localhost"], "clients": ["localhost"]},
+                      "hosts": {"localhost": {"device": "cuda", "gpus_mib": [143771], "mem_kb": 2**27}}})
+    log, fake = tmp_path / "python.log", tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\necho \'{{"changed": true}}\'\n')
+    fake.chmod(0o755)
+    workdir = tmp_path / "work"
+    (workdir / "run").mkdir(parents=True)
+    playbook = tmp_path / "servers.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [petals_server]\n")
+    run = ansible_playbook(playbook, extra_vars={
+        "netbench_workdir": str(workdir), "netbench_python": str(fake), "netbench_plan": plan,
+        "petals_server_initial_peers": ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"]})
+    assert run.returncode == 0, run.stdout[-3000:]
+    starts = [line.split() for line in log.read_text().splitlines() if line.startswith("-m bench_client.daemon start")]
+    assert len(starts) == 4, log.read_text()
+    for argv, span in zip(starts, ("0:12", "12:24", "24:36", "36:48")):
+        assert argv[argv.index("--env") + 1] == "CUDA_VISIBLE_DEVICES=0", argv
+        assert argv[argv.index("--device") + 1] == "cuda:0" and argv[argv.index("--block-indices") + 1] == span, argv
+        assert argv[argv.index("--attn-cache-tokens") + 1] == str(2 * 7 * 544), argv
+        assert argv[argv.index("--num-handlers") + 1] == "4", argv
