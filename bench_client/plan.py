@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read the plan input: {exc}", file=sys.stderr)
         return 2
     plan["git"] = provenance.git_state()  # the controller's checkout, recorded in every row the run writes
+    plan["code_hash"] = provenance.code_hash()  # every process host must run exactly this bench_client
     print(json.dumps(plan, sort_keys=True))
     return 0
 

@@ -11,6 +11,7 @@ checkout (a host that got the harness as a wheel, a container, a GPU host given 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -42,6 +43,18 @@ def git_state() -> dict[str, Any]:
     # untracked files (wheels, results) are not the code that ran; modified tracked files are
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {"commit": head.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def code_hash() -> str:
+    """A digest of this installed bench_client's own files (path and bytes of every .py, .sh and .txt):
+    the same for a git checkout and a wheel of the same code, so a host's harness can be compared with
+    the controller's however it was installed."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".sh", ".txt") and p.is_file()
+                       and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def launcher() -> str:

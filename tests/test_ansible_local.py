@@ -154,3 +154,27 @@ def test_gpu_servers_share_a_gpu_pinned_with_the_plans_cache(tmp_path):
         assert argv[argv.index("--device") + 1] == "cuda:0" and argv[argv.index("--block-indices") + 1] == span, argv
         assert argv[argv.index("--attn-cache-tokens") + 1] == str(2 * 7 * 544), argv
         assert argv[argv.index("--num-handlers") + 1] == "4", argv
+
+
+def test_a_host_with_another_bench_client_is_refused(tmp_path):
+    """The host's Python imports a copy of bench_client with one file changed (another version of the
+    harness): provisioning refuses it, naming both code digests, before any swarm starts."""
+    import sys
+
+    from bench_client.provenance import code_hash
+
+    copy = tmp_path / "site"
+    shutil.copytree(PROJECT_DIR / "bench_client", copy / "bench_client", ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "bench_client" / "sweep.py").open("a") as f:
+        f.write("# another version\n")
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={copy} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    common = {"netbench_workdir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
+    run = run_experiment(extravars={**common, "netbench_python": str(python)}, tags="provision", out=io.StringIO())
+    assert run.rc != 0
+    [failure] = run.failures
+    assert failure.task == "netbench_host : Refuse a host whose bench_client differs from the controller's"
+    assert f"the controller's is {code_hash()}" in failure.message and str(copy / "bench_client") in failure.message
+    # the controller's own Python passes the same check
+    assert run_experiment(extravars=common, tags="provision", out=io.StringIO()).ok
