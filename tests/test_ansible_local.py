@@ -11,6 +11,7 @@ import json
 import secrets
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -156,9 +157,11 @@ def test_gpu_servers_share_a_gpu_pinned_with_the_plans_cache(tmp_path):
         assert argv[argv.index("--num-handlers") + 1] == "4", argv
 
 
-def test_a_host_with_another_bench_client_is_refused(tmp_path):
+def test_a_host_with_another_bench_client_gets_the_controllers_or_is_refused(tmp_path):
     """The host's Python imports a copy of bench_client with one file changed (another version of the
-    harness): provisioning refuses it, naming both code digests, before any swarm starts."""
+    harness). With netbench_harness=false provisioning refuses it, naming both code digests; by
+    default it installs the controller's (a wheel built here, pip --target on the host, a wrapper
+    that becomes netbench_python), and a second run finds it and changes nothing."""
     import sys
 
     from bench_client.provenance import code_hash
@@ -167,14 +170,32 @@ def test_a_host_with_another_bench_client_is_refused(tmp_path):
     shutil.copytree(PROJECT_DIR / "bench_client", copy / "bench_client", ignore=shutil.ignore_patterns("__pycache__"))
     with (copy / "bench_client" / "sweep.py").open("a") as f:
         f.write("# another version\n")
+    workdir = tmp_path / "work"
+    site = workdir / "harness" / "site"
+    # this host's Python: its own packages hold the other version; like a remote host's, it does not
+    # see the controller's PYTHONPATH, only what the harness wrapper puts first
     python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nPYTHONPATH={copy} exec {sys.executable} \"$@\"\n")
+    python.write_text(f'#!/bin/sh\ncase "${{PYTHONPATH:-}}" in {site}*) p={site}:{copy};; *) p={copy};; esac\n'
+                      f'PYTHONPATH=$p exec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    common = {"netbench_workdir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
-    run = run_experiment(extravars={**common, "netbench_python": str(python)}, tags="provision", out=io.StringIO())
+    inventory = tmp_path / "inventory"  # the host's Python as an inventory names it (-e would outrank the harness)
+    shutil.copytree(PROJECT_DIR / "inventory" / "local", inventory)
+    with (inventory / "group_vars" / "all.yml").open("a") as f:
+        f.write(f"netbench_python: {python}\n")
+    common = {"netbench_workdir": str(workdir), "results_dir": str(tmp_path / "results")}
+    run = run_experiment(inventory=inventory, extravars={**common, "netbench_harness": False}, tags="provision",
+                         out=io.StringIO())
     assert run.rc != 0
     [failure] = run.failures
     assert failure.task == "netbench_host : Refuse a host whose bench_client differs from the controller's"
     assert f"the controller's is {code_hash()}" in failure.message and str(copy / "bench_client") in failure.message
-    # the controller's own Python passes the same check
-    assert run_experiment(extravars=common, tags="provision", out=io.StringIO()).ok
+
+    out = io.StringIO()
+    run = run_experiment(inventory=inventory, extravars=common, tags="provision", out=out)
+    assert run.ok, out.getvalue()[-3000:]
+    wrapper = workdir / "harness" / "python"
+    found = subprocess.run([str(wrapper), "-c", "import bench_client.provenance as p; print(p.code_hash(), p.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
+    assert found == [code_hash(), str(site / "bench_client" / "provenance.py")]
+    again = run_experiment(inventory=inventory, extravars=common, tags="provision", out=io.StringIO())
+    assert again.ok and again.changed() == {"localhost": 0}, again.stats
