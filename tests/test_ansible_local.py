@@ -178,24 +178,19 @@ def test_a_host_with_another_bench_client_gets_the_controllers_or_is_refused(tmp
     python.write_text(f'#!/bin/sh\ncase "${{PYTHONPATH:-}}" in {site}*) p={site}:{copy};; *) p={copy};; esac\n'
                       f'PYTHONPATH=$p exec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    inventory = tmp_path / "inventory"  # the host's Python as an inventory names it (-e would outrank the harness)
-    shutil.copytree(PROJECT_DIR / "inventory" / "local", inventory)
-    with (inventory / "group_vars" / "all.yml").open("a") as f:
-        f.write(f"netbench_python: {python}\n")
-    common = {"netbench_workdir": str(workdir), "results_dir": str(tmp_path / "results")}
-    run = run_experiment(inventory=inventory, extravars={**common, "netbench_harness": False}, tags="provision",
-                         out=io.StringIO())
+    common = {"netbench_workdir": str(workdir), "results_dir": str(tmp_path / "results"), "netbench_python": str(python)}
+    run = run_experiment(extravars={**common, "netbench_harness": False}, tags="provision", out=io.StringIO())
     assert run.rc != 0
     [failure] = run.failures
     assert failure.task == "netbench_host : Refuse a host whose bench_client differs from the controller's"
     assert f"the controller's is {code_hash()}" in failure.message and str(copy / "bench_client") in failure.message
 
     out = io.StringIO()
-    run = run_experiment(inventory=inventory, extravars=common, tags="provision", out=out)
+    run = run_experiment(extravars=common, tags="provision", out=out)
     assert run.ok, out.getvalue()[-3000:]
     wrapper = workdir / "harness" / "python"
     found = subprocess.run([str(wrapper), "-c", "import bench_client.provenance as p; print(p.code_hash(), p.__file__)"],
                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
     assert found == [code_hash(), str(site / "bench_client" / "provenance.py")]
-    again = run_experiment(inventory=inventory, extravars=common, tags="provision", out=io.StringIO())
+    again = run_experiment(extravars=common, tags="provision", out=io.StringIO())
     assert again.ok and again.changed() == {"localhost": 0}, again.stats
