@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bench_client.daemon import Record, group_members
-from bench_client.provenance import git_state
-from bench_client.runner import PROJECT_DIR, run_experiment
+from bench_client.core.daemon import Record, group_members
+from bench_client.core.provenance import git_state
+from bench_client.orchestration.runner import PROJECT_DIR, run_experiment
 from secrets_scan import leaks
 
 pytestmark = pytest.mark.slow
@@ -130,7 +130,7 @@ def test_gpu_servers_share_a_gpu_pinned_with_the_plans_cache(tmp_path):
     """No GPU here: the petals_server role (process runtime) runs the plan of a one-H200 host with the
     paper's workload against a recording stand-in for the host's python. Each of the 4 servers is
     started with only GPU 0 visible, as cuda:0, with the cache the plan sized for 6 sessions x batch 2."""
-    from bench_client.plan import make_plan
+    from bench_client.orchestration.plan import make_plan
     from dockerlab import ansible_playbook
 
     plan = make_plan({"model": "facebook/opt-30b", "run_id": "gpu1",
@@ -148,7 +148,7 @@ def test_gpu_servers_share_a_gpu_pinned_with_the_plans_cache(tmp_path):
         "netbench_workdir": str(workdir), "netbench_python": str(fake), "netbench_plan": plan,
         "petals_server_initial_peers": ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"]})
     assert run.returncode == 0, run.stdout[-3000:]
-    starts = [line.split() for line in log.read_text().splitlines() if line.startswith("-m bench_client.daemon start")]
+    starts = [line.split() for line in log.read_text().splitlines() if line.startswith("-m bench_client.core.daemon start")]
     assert len(starts) == 4, log.read_text()
     for argv, span in zip(starts, ("0:12", "12:24", "24:36", "36:48")):
         assert argv[argv.index("--env") + 1] == "CUDA_VISIBLE_DEVICES=0", argv
@@ -164,7 +164,7 @@ def test_a_host_with_another_bench_client_gets_the_controllers_or_is_refused(tmp
     that becomes netbench_python), and a second run finds it and changes nothing."""
     import sys
 
-    from bench_client.provenance import code_hash
+    from bench_client.core.provenance import code_hash
 
     copy = tmp_path / "site"
     shutil.copytree(PROJECT_DIR / "bench_client", copy / "bench_client", ignore=shutil.ignore_patterns("__pycache__"))
@@ -189,7 +189,7 @@ def test_a_host_with_another_bench_client_gets_the_controllers_or_is_refused(tmp
     run = run_experiment(extravars=common, tags="provision", out=out)
     assert run.ok, out.getvalue()[-3000:]
     wrapper = workdir / "harness" / "python"
-    found = subprocess.run([str(wrapper), "-c", "import bench_client.provenance as p; print(p.code_hash(), p.__file__)"],
+    found = subprocess.run([str(wrapper), "-c", "import bench_client.core.provenance as p; print(p.code_hash(), p.__file__)"],
                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
     assert found == [code_hash(), str(site / "bench_client" / "provenance.py")]
     again = run_experiment(extravars=common, tags="provision", out=io.StringIO())

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from bench_client.provenance import git_state
-from bench_client.results import read_metadata
-from bench_client.runner import PROJECT_DIR
+from bench_client.core.provenance import git_state
+from bench_client.core.results import read_metadata
+from bench_client.orchestration.runner import PROJECT_DIR
 
 pytestmark = pytest.mark.slow
 

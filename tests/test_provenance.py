@@ -1,11 +1,11 @@
-"""What launched a row and from which commit (bench_client.provenance), through the results writer."""
+"""What launched a row and from which commit (bench_client.core.provenance), through the results writer."""
 
 from __future__ import annotations
 
 import subprocess
 
-from bench_client import provenance
-from bench_client.results import ResultsWriter, TsvRow, read_metadata
+from bench_client.core import provenance
+from bench_client.core.results import ResultsWriter, TsvRow, read_metadata
 
 
 def test_rows_record_the_bare_client_and_this_checkouts_commit(tmp_path, monkeypatch):

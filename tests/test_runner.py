@@ -1,4 +1,4 @@
-"""bench_client.runner's own logic: event handling (progress and failures), -e parsing, errors.
+"""bench_client.orchestration.runner's own logic: event handling (progress and failures), -e parsing, errors.
 The wrapper's real runs are in tests/test_ansible_local.py and test_ansible_emulated.py."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import io
 
 import pytest
 
-from bench_client.netem import resolve_profile
-from bench_client.progress import MARKER
-from bench_client.runner import (ProgressPrinter, _parse_extravar, build_parser, cleanup_command, failure_message,
+from bench_client.netem.profiles import resolve_profile
+from bench_client.orchestration.progress import MARKER
+from bench_client.orchestration.runner import (ProgressPrinter, _parse_extravar, build_parser, cleanup_command, failure_message,
                                  playbook_error)
 
 

@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench_client.results import read_metadata
+from bench_client.core.results import read_metadata
 
 WORKLOAD = ("model", "weight_dtype", "batch_size", "num_micro_batches", "num_processes", "prompt_length",
             "new_tokens", "num_gpus")

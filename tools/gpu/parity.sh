@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Parity of the main command with the engine: the paper workload through `ansible-playbook site.yml`
-# (local inventory, no venv, no ssh) and through `python -m bench_client.local_swarm` on the same
+# (local inventory, no venv, no ssh) and through `python -m bench_client.swarm.local` on the same
 # card, one after the other, then their per-GPU throughputs compared (target: within 5 %).
 #
 # On the controller (with internet/package index), once: the Ansible wheels for the GPU host
@@ -54,7 +54,7 @@ if [[ -z "${NETBENCH_GIT_COMMIT:-}" ]] && commit="$(git -C "$repo" rev-parse HEA
   export NETBENCH_GIT_COMMIT="$commit"
   git -C "$repo" diff --quiet HEAD && export NETBENCH_GIT_DIRTY=false || export NETBENCH_GIT_DIRTY=true
 fi
-cache="$("$PY" -c "from bench_client.sweep import attention_cache_tokens as a; print(a($BATCH, $PROCS, [$PROMPT], [$NEW]))")"
+cache="$("$PY" -c "from bench_client.core.sweep import attention_cache_tokens as a; print(a($BATCH, $PROCS, [$PROMPT], [$NEW]))")"
 workload=(-e "bench_client_batch_size=$BATCH" -e "bench_client_num_micro_batches=$MICRO"
           -e "bench_client_num_processes=$PROCS" -e "{\"bench_client_prompt_lengths\": [$PROMPT]}"
           -e "bench_client_new_tokens=$NEW" -e bench_client_token_sweep=none)
@@ -78,7 +78,7 @@ set -e
 mkdir -p "$out/local_swarm"
 # per-GPU throughput over the one GPU (site.yml's plan passes the same); on CPU both count the servers
 num_gpus=(); [[ "$DEVICE" == cuda ]] && num_gpus=(--num-gpus 1)
-"$PY" -m bench_client.local_swarm --model "$MODEL" --servers "$SERVERS" --device "$DEVICE" --dtype "$DTYPE" \
+"$PY" -m bench_client.swarm.local --model "$MODEL" --servers "$SERVERS" --device "$DEVICE" --dtype "$DTYPE" \
   --num-handlers "$HANDLERS" --attn-cache-tokens "$cache" --workdir "$WORK/local_swarm" -- \
   -b "$BATCH" --num-micro-batches "$MICRO" --num-processes "$PROCS" --prompt-lengths "$PROMPT" --new-tokens "$NEW" \
   --token-sweep none --network-profile none "${num_gpus[@]}" --run-id parity-local --output "$out/local_swarm/out.tsv" \

@@ -1,9 +1,9 @@
 """An emulated multi-host cluster on one machine (root): every host a network namespace with its
 own address and its own sshd, all on a bridge inside a controller namespace the lab owns.
 
-    python -m bench_client.netns_lab up --dir /tmp/netbench-lab --hosts 3     # writes DIR/hosts.yml
+    python -m bench_client.netem.lab up --dir /tmp/netbench-lab --hosts 3     # writes DIR/hosts.yml
     ip netns exec nbl-ctl petals-netbench -i /tmp/netbench-lab/hosts.yml -p none,rate20 ...
-    python -m bench_client.netns_lab down --dir /tmp/netbench-lab
+    python -m bench_client.netem.lab down --dir /tmp/netbench-lab
 
 Ansible runs inside the controller namespace (``nbl-ctl``) and reaches the hosts over real ssh; no
 traffic leaves the namespaces the lab made. The first host plays the DHT and the client, the others
@@ -101,7 +101,7 @@ def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_pe
         }
     }
     path = lab_dir / "hosts.yml"
-    path.write_text("# written by python -m bench_client.netns_lab up\n" + json.dumps(inventory, indent=2) + "\n")
+    path.write_text("# written by python -m bench_client.netem.lab up\n" + json.dumps(inventory, indent=2) + "\n")
     return path
 
 
@@ -174,7 +174,7 @@ def namespace_pids(netns: str) -> list[int]:
 
 
 def _stop_group(pgid: int, timeout: float = 10.0) -> None:
-    from bench_client.daemon import group_members
+    from bench_client.core.daemon import group_members
 
     sig = signal.SIGTERM
     deadline = time.monotonic() + timeout
@@ -255,7 +255,7 @@ def leftovers(host: LabHost) -> tuple[dict[int, str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.netns_lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.netem.lab", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, required=True, help="lab state: keys, sshd configs, hosts.yml")
     parser.add_argument("--hosts", type=int, default=3)

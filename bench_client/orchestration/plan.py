@@ -3,7 +3,7 @@
 The Ansible pre-flight play collects the inventory (groups, per-host devices, memory, GPUs found by
 a read-only probe) and the user's choices (model, dtype, profiles), and calls
 
-    python -m bench_client.plan --json '{...}'        # or --file plan-input.json
+    python -m bench_client.orchestration.plan --json '{...}'        # or --file plan-input.json
 
 which prints the plan as JSON (servers with their block spans and ports, profiles, memory sums)
 or exits with code 2 and ONE line ``error: <what is wrong and what to fix>``. Everything here is
@@ -21,9 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench_client import netem, provenance
-from bench_client.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
-from bench_client.sweep import TOKEN_SWEEP_PROMPT_LENGTH, attention_cache_tokens, parse_token_sweep
+from bench_client.netem import profiles as netem
+from bench_client.core import provenance
+from bench_client.core.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
+from bench_client.core.sweep import TOKEN_SWEEP_PROMPT_LENGTH, attention_cache_tokens, parse_token_sweep
 
 GROUPS = ("dht", "servers", "clients")
 RUNTIMES = ("process", "docker")
@@ -47,7 +48,7 @@ class PlanError(ValueError):
 def resolve_profile(item: Any) -> dict[str, Any]:
     """A profile name or a custom dict -> ``{"name", "netem", "describe"}``.
 
-    ``netem`` is what the netem role takes as netem_profile (None: no shaping); bench_client.netem
+    ``netem`` is what the netem role takes as netem_profile (None: no shaping); bench_client.netem.profiles
     owns the profile table, the tc unit syntax and the safety floors.
     """
     try:
@@ -212,7 +213,7 @@ def check_gpu_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: di
         blocks = sum(s["end"] - s["start"] for s in on_gpu)
         parts = {"blocks": model.blocks_bytes(dtype, blocks), "attention cache": model.cache_bytes(dtype, cache_tokens, blocks),
                  "CUDA contexts": len(on_gpu) * CUDA_PROCESS_BYTES}
-        if host == client_host:  # client processes spread over the host's GPUs (bench_client.workers)
+        if host == client_host:  # client processes spread over the host's GPUs (bench_client.client.workers)
             count = len(range(gpu, workload["num_processes"], len(hosts[host].gpus_mib)))
             parts["client processes"] = count * (model.embedding_bytes(workload["client_dtype"]) + CUDA_PROCESS_BYTES)
         capacity = hosts[host].gpus_mib[gpu] * 2**20
@@ -330,7 +331,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.plan", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.plan", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--json", help="the plan input as a JSON string")
     source.add_argument("--file", help="the plan input as a JSON file")

@@ -1,7 +1,7 @@
 """The harness for bare hosts: a wheel of exactly the controller's bench_client, which provisioning
 installs where a host's Python lacks it or has another version (roles/netbench_host).
 
-    python -m bench_client.harness wheel --cache DIR     # -> {"wheel": PATH, "code_hash": H, "changed": BOOL}
+    python -m bench_client.orchestration.harness wheel --cache DIR     # -> {"wheel": PATH, "code_hash": H, "changed": BOOL}
 
 The wheel is built from a clean copy of the package (no stale build/ of the checkout can slip in),
 without dependencies (the hosts bring petals and torch) and without the network (no build
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_client.provenance import PROJECT_DIR, code_hash
+from bench_client.core.provenance import PROJECT_DIR, code_hash
 
 SOURCE_FILES = ("pyproject.toml", "README.md")
 
@@ -48,7 +48,7 @@ def build_wheel(cache: Path) -> tuple[Path, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench_client.harness", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.orchestration.harness", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     wheel = sub.add_parser("wheel", help="build (or find) the wheel of this bench_client")
     wheel.add_argument("--cache", required=True, type=Path)

@@ -3,7 +3,7 @@
     petals-netbench                                   # local inventory, tiny model, no shaping
     petals-netbench -i inventory/emulated/hosts.yml -m facebook/opt-30b -p none,paper-10ms-100mbit
     petals-netbench --cleanup                         # the cleanup tag: stop everything of ours
-    python -m bench_client.runner -e bench_client_new_tokens=8 --tags swarm,bench,fetch
+    python -m bench_client.orchestration.runner -e bench_client_new_tokens=8 --tags swarm,bench,fetch
 
 Prints one line per finished task and host while the play runs, every failure with its host, task
 and message as it happens, and at the end where the fetched results are
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from bench_client import progress
+from bench_client.orchestration import progress
 
 PROJECT_DIR = Path(os.environ.get("NETBENCH_PROJECT_DIR", Path(__file__).resolve().parents[1]))
 DEFAULT_INVENTORY = "inventory/local/hosts.yml"

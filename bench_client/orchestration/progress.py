@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench_client.processes import write_atomically
+from bench_client.core.processes import write_atomically
 
 MARKER = "--- netbench progress ---"
 STARTING = "starting the client (its processes load the model and warm up)"
