@@ -28,7 +28,7 @@ WORK_TASKS = {
     "petals_dht : Start the DHT in its own session": "DHT start-up",
     "petals_server : Start the servers in their own sessions": "server launch",
     "petals_server : Wait until every block of the model is served": "swarm wait (servers loading)",
-    "bench_client : Run the benchmark sweep": "benchmark client",
+    "bench_client : Wait for the sweep": "benchmark client",
 }
 
 

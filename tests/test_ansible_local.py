@@ -11,11 +11,13 @@ import json
 import secrets
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench_client.core.daemon import Record, group_members
+from bench_client.core.provenance import git_state
 from bench_client.orchestration.runner import PROJECT_DIR, run_experiment
 from secrets_scan import leaks
 
@@ -63,6 +65,13 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         assert manifest["run_id"] == run.run_id and manifest["plan"]["run_id"] == run.run_id
         assert len(manifest["git"]["commit"]) == 40 and "localhost" in manifest["hosts"]
         assert manifest["extra_vars"]["systems"] is None and manifest["plan"]["systems"] == ["petals"]
+        # what launched the rows and from which commit (the controller's checkout, through the plan)
+        assert {m["launcher"] for m in meta} == {"ansible"}
+        assert {m["git"]["commit"] for m in meta} == {git_state()["commit"]} and git_state()["commit"]
+        # the wait showed the client's own progress line, not Ansible's retries; the end, the cleanup command
+        assert "sweep    localhost        [2/2] prompt    32,   4 new tokens:" in out.getvalue()
+        assert "FAILED - RETRYING" not in out.getvalue()
+        assert run.swarm_hosts == ["localhost"]
 
         pidfiles = sorted(p.name for p in (workdir / "run").glob("*.pid"))
         assert pidfiles == ["dht.pid", "server0.pid", "server1.pid"]  # the client and swarm-wait left none
@@ -119,3 +128,73 @@ def test_check_mode_changes_nothing(tmp_path):
     # a normal run right after is not in check mode (ansible-runner keeps no state between our runs)
     provision = run_experiment(extravars={"netbench_workdir": str(workdir)}, tags="provision", out=io.StringIO())
     assert provision.ok and workdir.is_dir()
+
+
+def test_gpu_servers_share_a_gpu_pinned_with_the_plans_cache(tmp_path):
+    """No GPU here: the petals_server role (process runtime) runs the plan of a one-H200 host with the
+    paper's workload against a recording stand-in for the host's python. Each of the 4 servers is
+    started with only GPU 0 visible, as cuda:0, with the cache the plan sized for 6 sessions x batch 2."""
+    from bench_client.orchestration.plan import make_plan
+    from dockerlab import ansible_playbook
+
+    plan = make_plan({"model": "facebook/opt-30b", "run_id": "gpu1",
+                      "workload": {"batch_size": 2, "num_processes": 6, "prompt_lengths": [512], "new_tokens": 32},
+                      "groups": {"dht": ["localhost"], "servers": ["localhost"], "clients": ["localhost"]},
+                      "hosts": {"localhost": {"device": "cuda", "gpus_mib": [143771], "mem_kb": 2**27}}})
+    log, fake = tmp_path / "python.log", tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\necho \'{{"changed": true}}\'\n')
+    fake.chmod(0o755)
+    workdir = tmp_path / "work"
+    (workdir / "run").mkdir(parents=True)
+    playbook = tmp_path / "servers.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [petals_server]\n")
+    run = ansible_playbook(playbook, extra_vars={
+        "netbench_workdir": str(workdir), "netbench_python": str(fake), "netbench_plan": plan,
+        "petals_server_initial_peers": ["/ip4/127.0.0.1/tcp/31337/p2p/QmTest"]})
+    assert run.returncode == 0, run.stdout[-3000:]
+    starts = [line.split() for line in log.read_text().splitlines() if line.startswith("-m bench_client.core.daemon start")]
+    assert len(starts) == 4, log.read_text()
+    for argv, span in zip(starts, ("0:12", "12:24", "24:36", "36:48")):
+        assert argv[argv.index("--env") + 1] == "CUDA_VISIBLE_DEVICES=0", argv
+        assert argv[argv.index("--device") + 1] == "cuda:0" and argv[argv.index("--block-indices") + 1] == span, argv
+        assert argv[argv.index("--attn-cache-tokens") + 1] == str(2 * 7 * 544), argv
+        assert argv[argv.index("--num-handlers") + 1] == "4", argv
+
+
+def test_a_host_with_another_bench_client_gets_the_controllers_or_is_refused(tmp_path):
+    """The host's Python imports a copy of bench_client with one file changed (another version of the
+    harness). With netbench_harness=false provisioning refuses it, naming both code digests; by
+    default it installs the controller's (a wheel built here, pip --target on the host, a wrapper
+    that becomes netbench_python), and a second run finds it and changes nothing."""
+    import sys
+
+    from bench_client.core.provenance import code_hash
+
+    copy = tmp_path / "site"
+    shutil.copytree(PROJECT_DIR / "bench_client", copy / "bench_client", ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "bench_client" / "sweep.py").open("a") as f:
+        f.write("# another version\n")
+    workdir = tmp_path / "work"
+    site = workdir / "harness" / "site"
+    # this host's Python: its own packages hold the other version; like a remote host's, it does not
+    # see the controller's PYTHONPATH, only what the harness wrapper puts first
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\ncase "${{PYTHONPATH:-}}" in {site}*) p={site}:{copy};; *) p={copy};; esac\n'
+                      f'PYTHONPATH=$p exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    common = {"netbench_workdir": str(workdir), "results_dir": str(tmp_path / "results"), "netbench_python": str(python)}
+    run = run_experiment(extravars={**common, "netbench_harness": False}, tags="provision", out=io.StringIO())
+    assert run.rc != 0
+    [failure] = run.failures
+    assert failure.task == "netbench_host : Refuse a host whose bench_client differs from the controller's"
+    assert f"the controller's is {code_hash()}" in failure.message and str(copy / "bench_client") in failure.message
+
+    out = io.StringIO()
+    run = run_experiment(extravars=common, tags="provision", out=out)
+    assert run.ok, out.getvalue()[-3000:]
+    wrapper = workdir / "harness" / "python"
+    found = subprocess.run([str(wrapper), "-c", "import bench_client.core.provenance as p; print(p.code_hash(), p.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
+    assert found == [code_hash(), str(site / "bench_client" / "provenance.py")]
+    again = run_experiment(extravars=common, tags="provision", out=io.StringIO())
+    assert again.ok and again.changed() == {"localhost": 0}, again.stats

@@ -144,3 +144,50 @@ def test_systems_default_petals_and_flexgen_on_the_first_gpu_server_host():
                                                 ("petals,flexgen", "needs a CUDA GPU")])
 def test_bad_systems(systems, expected):
     assert expected in refusal(systems=systems)
+PAPER_WORKLOAD = {"batch_size": 2, "num_processes": 6, "prompt_lengths": [512], "new_tokens": 32, "token_sweep": "none"}
+H200_MIB, H100_MIB = 143771, 81559
+
+
+def one_gpu_host(mib: int, **host) -> dict:
+    return {"groups": {"dht": ["g"], "servers": ["g"], "clients": ["g"]},
+            "hosts": {"g": {"device": "cuda", "gpus_mib": [mib], "mem_kb": 128 * GIB_KB, **host}}}
+
+
+def test_one_gpu_runs_the_papers_four_servers_with_a_cache_for_every_session():
+    """What `site.yml -e netbench_device=cuda -e model=facebook/opt-30b` plans on one H200, as
+    `local_swarm --servers 4` runs it: 4 servers on cuda:0, per-GPU throughput over 1 GPU, and a cache
+    of batch 2 x (6 + 1) sessions x (512 + 32) tokens per server."""
+    plan = make_plan(config(model="facebook/opt-30b", workload=PAPER_WORKLOAD, **one_gpu_host(H200_MIB)))
+    assert [(s["device"], s["gpu"], s["span"]) for s in plan["servers"]] == [
+        ("cuda:0", 0, "0:12"), ("cuda:0", 0, "12:24"), ("cuda:0", 0, "24:36"), ("cuda:0", 0, "36:48")]
+    assert plan["num_gpus"] == 1 and plan["dtype"] == "float16"
+    assert plan["attn_cache_tokens"] == 2 * 7 * 544 == plan["workload"]["attn_cache_tokens"]
+    # the token sweep (0..32 at prompt 512) and longer prompts grow it; an explicit value wins
+    swept = make_plan(config(model="facebook/opt-30b", workload={**PAPER_WORKLOAD, "prompt_lengths": [256, 1024],
+                                                                 "token_sweep": "auto"}, **one_gpu_host(H200_MIB)))
+    assert swept["attn_cache_tokens"] == 2 * 7 * (1024 + 32)
+    fixed = make_plan(config(model="facebook/opt-30b", workload=PAPER_WORKLOAD, attn_cache_tokens="9000",
+                             **one_gpu_host(H200_MIB)))
+    assert fixed["attn_cache_tokens"] == 9000
+
+
+def test_servers_per_gpu_and_per_host_spread_round_robin():
+    two = {"groups": {"dht": ["g"], "servers": ["g"], "clients": ["g"]},
+           "hosts": {"g": {"device": "cuda", "gpus_mib": [H200_MIB] * 2, "mem_kb": 128 * GIB_KB}}}
+    auto = make_plan(config(model="facebook/opt-30b", **two))  # 2 GPUs: 2 each for the paper's 4
+    assert [s["device"] for s in auto["servers"]] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert auto["num_gpus"] == 2
+    two["hosts"]["g"]["servers_per_gpu"] = 3
+    assert make_plan(config(model="facebook/opt-30b", **two))["num_servers"] == 6
+    two["hosts"]["g"]["servers"] = 1  # netbench_servers_per_host wins
+    only = make_plan(config(model="facebook/opt-30b", **two))
+    assert [s["device"] for s in only["servers"]] == ["cuda:0"] and only["num_gpus"] == 1
+
+
+def test_servers_that_do_not_fit_one_gpu_are_refused_counting_the_cache():
+    message = refusal(model="facebook/opt-30b", workload=PAPER_WORKLOAD, **one_gpu_host(H100_MIB))
+    assert message.startswith("g GPU 0: 4 server(s) of facebook/opt-30b in float16 with an attention cache of 7616 tokens")
+    assert "blocks 59.2 GB + attention cache 10.5 GB" in message and "the GPU has 85.5 GB" in message
+    assert "lower netbench_servers_per_gpu" in message
+    assert "must be at least 1" in refusal(**one_gpu_host(H200_MIB, servers_per_gpu=0))
+    assert "malformed" in refusal(workload={"prompt_lengths": ["long"]})

@@ -7,7 +7,10 @@ import io
 
 import pytest
 
-from bench_client.orchestration.runner import ProgressPrinter, _parse_extravar, build_parser, failure_message, playbook_error
+from bench_client.netem.profiles import resolve_profile
+from bench_client.orchestration.progress import MARKER
+from bench_client.orchestration.runner import (ProgressPrinter, _parse_extravar, build_parser, cleanup_command, failure_message,
+                                 playbook_error)
 
 
 def event(kind, **data):
@@ -65,4 +68,29 @@ def test_extravars_like_ansible_playbook(tmp_path):
 def test_cli_help_is_fast_and_lists_the_stages(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
-    assert "provision,swarm,shaping,bench,fetch" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "provision,swarm,shaping,bench,fetch" in text
+    # every profile name the help shows as an example is one the plan accepts
+    examples = [name for line in text.splitlines() if "petals-netbench " in line and " -p " in line for name in line.split(" -p ")[1].split()[0].split(",")]
+    assert examples and all(resolve_profile(name) is not None or name == "none" for name in examples)
+
+
+def test_the_sweeps_own_progress_line_replaces_the_retries():
+    """The wait for the sweep is a retried poll whose stdout ends with the client's progress line:
+    shown once per change, and other retries stay quiet."""
+    out = io.StringIO()
+    printer = ProgressPrinter(out=out, now=lambda: 0.0)
+    job = '{"started": 1, "finished": 0}'
+    for line in ("", "[1/3] prompt 16: ... ETA 20 s", "[1/3] prompt 16: ... ETA 20 s", "[2/3] prompt 32: ... ETA 9 s"):
+        printer(event("runner_retry", host="h1", task="Wait for the sweep of none", role="bench_client",
+                      res={"stdout": f"{job}\n{MARKER}\n{line}", "attempts": 1, "retries": 1440}))
+    printer(event("runner_retry", host="h1", task="Wait until the DHT is up", res={"stdout": "x"}))
+    lines = out.getvalue().splitlines()
+    assert [line.split("h1", 1)[1].strip() for line in lines] == [
+        "starting the client (its processes load the model and warm up)", "[1/3] prompt 16: ... ETA 20 s",
+        "[2/3] prompt 32: ... ETA 9 s"]
+
+
+def test_cleanup_command_repeats_the_inventory_and_variables():
+    args = build_parser().parse_args(["-i", "inv/cloud", "-m", "facebook/opt-30b", "-e", "netbench_workdir=/tmp/w x"])
+    assert cleanup_command(args) == "petals-netbench -i inv/cloud -e '{\"netbench_workdir\": \"/tmp/w x\"}' --cleanup"

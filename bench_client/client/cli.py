@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench_client.core import environment
+from bench_client.orchestration import progress
 from bench_client.core.metrics import GenerateTiming, summarize
 from bench_client.core.models import UnknownModelError, get_model, write_model_dir
 from bench_client.swarm.peers import PeerError, resolve_initial_peers
@@ -81,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=positive_int, default=1,
                    help="measure the whole sweep this many times (rows per repeat, 'repeat' in the JSONL)")
+    p.add_argument("--progress", default=None, metavar="FILE",
+                   help="also write the latest [i/N ... ETA] line to FILE (launchers show it while the sweep runs)")
     return p
 
 
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({len(points) - len(todo)} already in {args.output}); {len(view.online_servers)} servers, "
           f"{num_gpus} GPU(s) [{gpus_source}]; metadata -> {writer.metadata}", file=sys.stderr, flush=True)
 
+    progress.write(args.progress, f"[0/{len(todo)}] starting {args.num_processes} client processes "
+                                  f"(model, warm-up), then prompt {todo[0][1].prompt_length}, {todo[0][1].new_tokens} new tokens")
     pool = None
     sweep_start = time.monotonic()
     try:
@@ -227,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.monotonic() - sweep_start
             eta = elapsed / step * (len(todo) - step)
             per_gpu = f"{m.per_gpu_throughput:.3g}" if m.per_gpu_throughput is not None else "?"
-            print(f"[{step}/{len(todo)}] prompt {point.prompt_length:>5}, {point.new_tokens:>3} new tokens: "
-                  f"{m.total_throughput:.3g} tok/s swarm, {per_gpu} tok/s/GPU, generate() "
-                  f"{m.mean_generate_latency_s:.3g} s, prefill {m.prefill_time_s:.3g} s"
-                  f"  (elapsed {elapsed:.0f} s, ETA {eta:.0f} s)", file=sys.stderr, flush=True)
+            line = (f"[{step}/{len(todo)}] prompt {point.prompt_length:>5}, {point.new_tokens:>3} new tokens: "
+                    f"{m.total_throughput:.3g} tok/s swarm, {per_gpu} tok/s/GPU, generate() "
+                    f"{m.mean_generate_latency_s:.3g} s, prefill {m.prefill_time_s:.3g} s"
+                    f"  (elapsed {elapsed:.0f} s, ETA {eta:.0f} s)")
+            print(line, file=sys.stderr, flush=True)
+            progress.write(args.progress, line)
     except WorkerError as exc:
         fail(f"client processes could not start: {exc}", EXIT_MEASUREMENT_FAILED)
     finally:

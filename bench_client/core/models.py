@@ -58,6 +58,16 @@ class ModelSpec:
         count = self.layers if blocks is None else blocks
         return int(count * self.params_per_block * bytes_per_weight(dtype))
 
+    def cache_bytes(self, dtype: str, tokens: int, blocks: int | None = None) -> int:
+        """Bytes of a server's attention cache of ``tokens`` tokens over ``blocks`` blocks, as petals
+        reserves it: keys and values (2 x hidden) per token and block in the compute dtype."""
+        count = self.layers if blocks is None else blocks
+        return int(count * 2 * self.hidden * tokens * bytes_per_weight(WEIGHT_DTYPES[dtype][0]))
+
+    def embedding_bytes(self, dtype: str) -> int:
+        """Bytes of a client's embeddings and LM head (tied) in ``dtype``."""
+        return int(self.embedding_params * bytes_per_weight(dtype))
+
     def model_bytes(self, dtype: str) -> int:
         """Bytes of the whole model (blocks + embeddings): what a decode step must stream from memory."""
         return int((self.block_params + self.embedding_params) * bytes_per_weight(dtype))

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_client.core import provenance
 from bench_client.core.sweep import SweepPoint
 
 TSV_COLUMNS = ("batch_size", "num_micro_batches", "num_processes", "prompt_length", "new_tokens",
@@ -102,6 +103,8 @@ class ResultsWriter:
     def __init__(self, tsv: str | Path, metadata: str | Path | None = None):
         self.tsv = Path(tsv)
         self.metadata = Path(metadata) if metadata else metadata_path_for(self.tsv)
+        # who launched the measurement and from which commit: in every row, asked once (git is slow)
+        self.provenance = provenance.record()
 
     def done(self, batch_size: int, num_micro_batches: int, num_processes: int) -> Counter:
         """How many times each sweep point was already measured with this batch setting."""
@@ -121,7 +124,8 @@ class ResultsWriter:
         self.append_metadata(metadata)
 
     def append_metadata(self, metadata: dict) -> None:
-        append_line(self.metadata, json.dumps({"schema": SCHEMA_VERSION, **metadata}, sort_keys=True) + "\n")
+        append_line(self.metadata, json.dumps({"schema": SCHEMA_VERSION, **metadata, **self.provenance},
+                                                sort_keys=True) + "\n")
 
 
 def read_metadata(path: str | Path) -> list[dict]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -21,13 +22,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench_client.netem import profiles as netem
+from bench_client.core import provenance
 from bench_client.core.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
+from bench_client.core.sweep import TOKEN_SWEEP_PROMPT_LENGTH, attention_cache_tokens, parse_token_sweep
 
 GROUPS = ("dht", "servers", "clients")
 RUNTIMES = ("process", "docker")
 DEVICES = ("cpu", "cuda")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GB = 1e9
+# The paper's swarm has 4 GPUs; with fewer GPUs in the inventory each one runs several servers, as
+# `local_swarm --servers 4` emulates the 4-server swarm on one GPU.
+PAPER_SERVERS = 4
+# Per CUDA process (each server, each GPU client process): its CUDA context and allocator slack.
+CUDA_PROCESS_BYTES = 2**30
+# The bench_client role's defaults: the workload the attention cache is sized for when none is given.
+DEFAULT_WORKLOAD = {"batch_size": 1, "num_processes": 6, "prompt_lengths": [256, 512, 1024], "new_tokens": 32,
+                    "token_sweep": "none", "client_dtype": "float32"}
 
 
 class PlanError(ValueError):
@@ -61,7 +72,8 @@ class HostInfo:
     name: str
     device: str  # cpu | cuda
     runtime: str  # process | docker
-    servers: int | None  # requested servers on this host (None: one per GPU, or 1 on CPU)
+    servers: int | None  # requested servers on this host (None: servers_per_gpu on each GPU, or 1 on CPU)
+    servers_per_gpu: int | None  # None: enough for PAPER_SERVERS servers over the inventory's GPUs
     gpus_mib: tuple[int, ...]  # memory of each GPU the probe found
     mem_bytes: int  # host RAM (MemTotal)
     shaping: bool  # may this host's links be shaped (root, tc)?
@@ -76,33 +88,63 @@ class HostInfo:
             raise PlanError(f"host {name}: device {device!r} is not one of {', '.join(DEVICES)} (set netbench_device)")
         if runtime not in RUNTIMES:
             raise PlanError(f"host {name}: runtime {runtime!r} is not one of {', '.join(RUNTIMES)} (set netbench_runtime)")
-        servers = data.get("servers")
-        if servers in ("", None):
-            servers = None
-        else:
-            try:
-                servers = int(servers)
-            except (TypeError, ValueError):
-                raise PlanError(f"host {name}: netbench_servers_per_host must be a whole number, got {servers!r}") from None
-            if servers < 1:
-                raise PlanError(f"host {name}: netbench_servers_per_host must be at least 1, got {servers}")
-        return cls(name=name, device=device, runtime=runtime, servers=servers,
+        return cls(name=name, device=device, runtime=runtime,
+                   servers=_count(data.get("servers"), name, "netbench_servers_per_host"),
+                   servers_per_gpu=_count(data.get("servers_per_gpu"), name, "netbench_servers_per_gpu"),
                    gpus_mib=tuple(int(m) for m in data.get("gpus_mib") or ()),
                    mem_bytes=int(data.get("mem_kb") or 0) * 1024, shaping=bool(data.get("shaping", False)),
                    address=str(data.get("address") or "127.0.0.1"), machine_id=str(data.get("machine_id") or name))
 
-    def server_count(self) -> int:
+    def server_count(self, inventory_gpus: int) -> int:
+        """Servers on this host. On CUDA: netbench_servers_per_host if set, else netbench_servers_per_gpu
+        on each GPU, whose default gives the whole inventory PAPER_SERVERS servers (4 on one GPU, 1 per
+        GPU from 4 GPUs on). Whether they fit each GPU's memory is check_memory's question."""
         if self.device == "cuda":
             if not self.gpus_mib:
                 raise PlanError(
                     f"host {self.name}: GPU runtime asked (netbench_device=cuda) but no NVIDIA GPU was found there "
                     "(nvidia-smi lists none); set netbench_device=cpu for this host or remove it from 'servers'"
                 )
-            if self.servers is not None and self.servers > len(self.gpus_mib):
-                raise PlanError(f"host {self.name}: {self.servers} servers asked but it has {len(self.gpus_mib)} GPUs "
-                                "(one server per GPU); lower netbench_servers_per_host")
-            return self.servers or len(self.gpus_mib)
+            per_gpu = self.servers_per_gpu or math.ceil(PAPER_SERVERS / max(inventory_gpus, 1))
+            return self.servers or per_gpu * len(self.gpus_mib)
         return self.servers or 1
+
+
+def _count(value: Any, host: str, variable: str) -> int | None:
+    """An optional whole number >= 1 from the inventory ('' or None: unset)."""
+    if value in ("", None):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise PlanError(f"host {host}: {variable} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise PlanError(f"host {host}: {variable} must be at least 1, got {number}")
+    return number
+
+
+def resolve_workload(value: dict[str, Any] | None, model_name: str) -> dict[str, Any]:
+    """The client's sweep (the bench_client role's variables), checked, with the attention cache every
+    server needs so that all its sessions fit at once (petals queues the others, which would silently
+    change what is measured)."""
+    workload = {**DEFAULT_WORKLOAD, **{k: v for k, v in (value or {}).items() if v not in (None, "")}}
+    try:
+        prompts = [int(p) for p in (json.loads(workload["prompt_lengths"]) if isinstance(workload["prompt_lengths"], str)
+                                    else workload["prompt_lengths"])]
+        batch, processes, new_tokens = (int(workload[k]) for k in ("batch_size", "num_processes", "new_tokens"))
+        sweep = parse_token_sweep(str(workload["token_sweep"]), model_name)
+    except (TypeError, ValueError) as exc:
+        raise PlanError(f"the client's workload (bench_client_* variables) is malformed: {exc}") from None
+    if not prompts or min(prompts) < 1 or batch < 1 or processes < 1 or new_tokens < 0:
+        raise PlanError(f"the client's workload needs prompt lengths >= 1, batch size and processes >= 1 and new tokens "
+                        f">= 0; got {workload}")
+    lengths, tokens = list(prompts), [new_tokens]
+    if sweep is not None:
+        lengths.append(TOKEN_SWEEP_PROMPT_LENGTH)
+        tokens.append(max(sweep))
+    return {"batch_size": batch, "num_processes": processes, "prompt_lengths": prompts, "new_tokens": new_tokens,
+            "token_sweep": str(workload["token_sweep"]), "client_dtype": str(workload["client_dtype"]),
+            "attn_cache_tokens": attention_cache_tokens(batch, processes, lengths, tokens)}
 
 
 def parse_profiles(value: Any) -> list[dict[str, Any]]:
@@ -158,6 +200,32 @@ def _gb(nbytes: float) -> str:
     return f"{nbytes / GB:.1f} GB"
 
 
+def check_gpu_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[str, HostInfo],
+                     workload: dict[str, Any], client_host: str) -> None:
+    """Refuse a GPU whose servers' blocks, attention caches and CUDA contexts (plus the client processes
+    when the client shares the host) do not fit the memory the probe found."""
+    cache_tokens = workload["attn_cache_tokens"]
+    by_gpu: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for server in servers:
+        if server["device"].startswith("cuda"):
+            by_gpu.setdefault((server["host"], server["gpu"]), []).append(server)
+    for (host, gpu), on_gpu in by_gpu.items():
+        blocks = sum(s["end"] - s["start"] for s in on_gpu)
+        parts = {"blocks": model.blocks_bytes(dtype, blocks), "attention cache": model.cache_bytes(dtype, cache_tokens, blocks),
+                 "CUDA contexts": len(on_gpu) * CUDA_PROCESS_BYTES}
+        if host == client_host:  # client processes spread over the host's GPUs (bench_client.client.workers)
+            count = len(range(gpu, workload["num_processes"], len(hosts[host].gpus_mib)))
+            parts["client processes"] = count * (model.embedding_bytes(workload["client_dtype"]) + CUDA_PROCESS_BYTES)
+        capacity = hosts[host].gpus_mib[gpu] * 2**20
+        if sum(parts.values()) > capacity:
+            detail = " + ".join(f"{name} {_gb(size)}" for name, size in parts.items() if size)
+            raise PlanError(
+                f"{host} GPU {gpu}: {len(on_gpu)} server(s) of {model.name} in {dtype} with an attention cache of "
+                f"{cache_tokens} tokens (the workload's sessions) need {_gb(sum(parts.values()))} ({detail}) but the "
+                f"GPU has {_gb(capacity)}; lower netbench_servers_per_gpu, use more GPUs or a smaller dtype, or shrink "
+                "the workload (bench_client_num_processes, _batch_size, _prompt_lengths)")
+
+
 def check_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[str, HostInfo]) -> dict[str, Any]:
     """Refuse a model whose blocks cannot fit the servers' memory (GPU memory on CUDA, RAM on CPU)."""
     needed = model.blocks_bytes(dtype)
@@ -182,12 +250,7 @@ def check_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[s
     for server in servers:
         info = hosts[server["host"]]
         span_bytes = model.blocks_bytes(dtype, server["end"] - server["start"])
-        if info.device == "cuda":
-            gpu = info.gpus_mib[server["index"]] * 2**20
-            if span_bytes > gpu:
-                raise PlanError(f"{server['host']} GPU {server['index']}: blocks {server['span']} of {model.name} need "
-                                f"{_gb(span_bytes)} in {dtype} but the GPU has {_gb(gpu)}; use more GPUs or a smaller dtype")
-        else:
+        if info.device != "cuda":  # GPUs: check_gpu_memory
             per_host[server["host"]] = per_host.get(server["host"], 0) + span_bytes
     for host, used in per_host.items():
         if used > hosts[host].mem_bytes:
@@ -239,21 +302,28 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     if not _SAFE_NAME.match(run_id):
         raise PlanError(f"run_id {run_id!r} is used as a results folder: use letters, digits, '.', '_' or '-'")
 
-    counts = {name: info.server_count() for name, info in server_hosts.items()}
+    workload = resolve_workload(config.get("workload"), model.name)
+    cache_override = _count(config.get("attn_cache_tokens"), "(all)", "petals_server_attn_cache_tokens")
+    if cache_override:
+        workload["attn_cache_tokens"] = cache_override
+    inventory_gpus = sum(len(info.gpus_mib) for info in server_hosts.values() if info.device == "cuda")
+    counts = {name: info.server_count(inventory_gpus) for name, info in server_hosts.items()}
     total = sum(counts.values())
     if total > model.layers:
         detail = ", ".join(f"{h}: {n}" for h, n in counts.items())
         raise PlanError(f"{total} servers ({detail}) but {model.name} has only {model.layers} blocks, so some block "
-                        "spans would be empty; lower netbench_servers_per_host or use fewer server hosts")
+                        "spans would be empty; lower netbench_servers_per_host (or _per_gpu) or use fewer server hosts")
     spans = split_blocks(model.layers, total)
     port_base = int(config.get("server_port_base", 31400))
     servers, i = [], 0
     for host, count in counts.items():
         for index in range(count):
             start, end = spans[i]
-            device = f"cuda:{index}" if server_hosts[host].device == "cuda" else "cpu"
+            # several servers per GPU: round-robin over the host's GPUs, as local_swarm --gpus does
+            gpu = index % len(server_hosts[host].gpus_mib) if server_hosts[host].device == "cuda" else None
             servers.append({"host": host, "index": index, "start": start, "end": end, "span": f"{start}:{end}",
-                            "device": device, "port": port_base + index if port_base else 0, "name": f"server{index}"})
+                            "device": "cpu" if gpu is None else f"cuda:{gpu}", "gpu": gpu,
+                            "port": port_base + index if port_base else 0, "name": f"server{index}"})
             i += 1
 
     shaped = [p["name"] for p in profiles if p["netem"] is not None]
@@ -264,14 +334,17 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
                             f"{', '.join(unable)} (netbench_shaping: false, e.g. the local no-root inventory); "
                             "use profiles=none here or the emulated/cloud inventory")
     memory = check_memory(model, dtype, servers, server_hosts)
-    num_gpus = sum(1 for s in servers if s["device"].startswith("cuda"))
+    check_gpu_memory(model, dtype, servers, server_hosts, workload, groups["clients"][0])
+    # per-GPU throughput divides by GPUs, not servers (several servers may share one)
+    num_gpus = len({(s["host"], s["gpu"]) for s in servers if s["gpu"] is not None})
     systems = parse_systems(config.get("systems"))
     gpu_servers = [h for h in groups["servers"] if (host_data[h] or {}).get("gpus_mib")]
     if "flexgen" in systems and not gpu_servers:
         raise PlanError("systems includes flexgen, which needs a CUDA GPU, but no server host has one")
     return {
         "model": model.name, "dht_prefix": model.dht_prefix, "layers": model.layers, "dtype": dtype,
-        "run_id": run_id, "profiles": profiles, "servers": servers, "systems": systems,
+        "run_id": run_id, "profiles": profiles, "servers": servers, "workload": workload,
+        "attn_cache_tokens": workload["attn_cache_tokens"], "systems": systems,
         "flexgen_host": gpu_servers[0] if "flexgen" in systems else None,
         "servers_by_host": {h: [s for s in servers if s["host"] == h] for h in counts},
         "num_servers": len(servers), "num_gpus": num_gpus,
@@ -294,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: cannot read the plan input: {exc}", file=sys.stderr)
         return 2
+    plan["git"] = provenance.git_state()  # the controller's checkout, recorded in every row the run writes
+    plan["code_hash"] = provenance.code_hash()  # every process host must run exactly this bench_client
     print(json.dumps(plan, sort_keys=True))
     return 0
 

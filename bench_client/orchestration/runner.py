@@ -1,7 +1,7 @@
 """Run the Ansible experiment (site.yml) through ansible-runner, with live progress per host and task.
 
     petals-netbench                                   # local inventory, tiny model, no shaping
-    petals-netbench -i inventory/emulated/hosts.yml -m facebook/opt-30b -p none,10ms-100mbit
+    petals-netbench -i inventory/emulated/hosts.yml -m facebook/opt-30b -p none,paper-10ms-100mbit
     petals-netbench --cleanup                         # the cleanup tag: stop everything of ours
     python -m bench_client.orchestration.runner -e bench_client_new_tokens=8 --tags swarm,bench,fetch
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import shutil
 import sys
 import tempfile
@@ -23,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
+
+from bench_client.orchestration import progress
 
 PROJECT_DIR = Path(os.environ.get("NETBENCH_PROJECT_DIR", Path(__file__).resolve().parents[2]))
 DEFAULT_INVENTORY = "inventory/local/hosts.yml"
@@ -57,6 +60,12 @@ class ExperimentResult:
     failures: list[Failure] = field(default_factory=list)
     timings: list[TaskTiming] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def swarm_hosts(self) -> list[str]:
+        """Hosts where this run started (or found running) the DHT or servers: they still run them."""
+        return sorted({t.host for t in self.timings if t.role in ("petals_dht", "petals_server")
+                       and t.task.startswith("Start ") and t.status in ("ok", "changed")})
 
     @property
     def ok(self) -> bool:
@@ -122,6 +131,7 @@ class ProgressPrinter:
         self.started = now()
         self.failures: list[Failure] = []
         self.timings: list[TaskTiming] = []
+        self.progress: dict[str, str] = {}  # the sweep's last progress line per host
 
     def _print(self, text: str) -> None:
         print(f"[{self.now() - self.started:7.1f}s] {text}", file=self.out, flush=True)
@@ -131,6 +141,12 @@ class ProgressPrinter:
         data = event.get("event_data", {}) or {}
         if kind == "playbook_on_play_start":
             self._print(f"PLAY {data.get('play', '')}")
+        elif kind == "runner_retry":  # the wait for the sweep: its own progress line when it changes
+            host = data.get("remote_addr") or data.get("host", "?")
+            line = progress.from_result(data.get("res") or {})
+            if line is not None and self.progress.get(host) != line:
+                self.progress[host] = line
+                self._print(f"{'sweep':<8} {host:<16} {line}")
         elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
             host = data.get("remote_addr") or data.get("host", "?")
             task = data.get("task", "")
@@ -264,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cleanup_command(args: argparse.Namespace) -> str:
+    """The command that stops what a run of ``args`` left running: the same inventory and -e options."""
+    words = ["petals-netbench"] + (["-i", args.inventory] if args.inventory else [])
+    for item in args.extra_vars:
+        words += ["-e", json.dumps(item, sort_keys=True)]
+    return shlex.join(words + ["--cleanup"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     extravars: dict[str, Any] = {}
@@ -272,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dtype:
         extravars["dtype"] = args.dtype
     tags = "cleanup" if args.cleanup else args.tags
+    if not args.cleanup:  # the play's last message names it (playbooks/experiment.yml)
+        extravars.setdefault("netbench_cleanup_command", cleanup_command(args))
     try:
         result = run_experiment(inventory=args.inventory, model=args.model, profiles=args.profiles,
                                 extravars=extravars, tags=tags, skip_tags=args.skip_tags, run_id=args.run_id,
@@ -292,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"results: {result.results_dir}")
             for tsv in tsvs:
                 print(f"  {tsv}")
+        if not args.cleanup and not args.check and result.swarm_hosts:
+            print(f"the swarm still runs on {', '.join(result.swarm_hosts)}; stop it with: {cleanup_command(args)}")
     return result.rc if result.rc is not None else 1
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from bench_client.core import daemon
+from bench_client.core import provenance
 
 PYTHON = sys.executable
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         if not client_args:
             return 0
         client = subprocess.Popen([PYTHON, "-m", "bench_client", "--initial_peers", *swarm.initial_peers,
-                                   "--prefix", spec.name, *client_args], cwd=Path.cwd(), start_new_session=True)
+                                   "--prefix", spec.name, *client_args], cwd=Path.cwd(), start_new_session=True,
+                                  env={**os.environ, **provenance.environment("local_swarm")})
         # who is who, for profilers and per-process CPU accounting while the client runs
         pids = {m.name: m.process.pid for m in swarm.processes} | {"client": client.pid}
         (workdir / "pids.json").write_text(json.dumps(pids, indent=2) + "\n")
