@@ -3,7 +3,7 @@
 The client writes its latest progress line to a file (``--progress``). The bench_client role polls
 the sweep with one small shell command (no project Python needed on the host: the Docker runtime's
 hosts have none) that prints the async job's status file, MARKER, and that progress file; the
-project's stdout callback (callback_plugins/netbench.py) and the runner (petals-netbench) print the
+project's stdout callback (playbooks/callback_plugins/netbench.py) and the runner (petals-netbench) print the
 line with :func:`from_result` instead of "FAILED - RETRYING ... (N retries left)".
 """
 
