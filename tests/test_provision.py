@@ -59,7 +59,8 @@ class Target:
         env = {"ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp")}
         records = self.workdir / f"record-{time.monotonic_ns()}.jsonl"
         if record:
-            env |= {"ANSIBLE_CALLBACK_PLUGINS": str(REPO / "tests" / "callback_plugins"),
+            # beside the project's own (ansible.cfg's stdout callback lives there)
+            env |= {"ANSIBLE_CALLBACK_PLUGINS": f"{REPO / 'tests' / 'callback_plugins'}:{REPO / 'playbooks' / 'callback_plugins'}",
                     "ANSIBLE_CALLBACKS_ENABLED": "record_results", "NETBENCH_RECORD": str(records)}
         run = ansible_playbook(PLAYBOOK, *args, inventory=self.inventory, extra_vars=extra_vars or None, env=env)
         run.records = [json.loads(line) for line in records.read_text().splitlines()] if records.exists() else []
