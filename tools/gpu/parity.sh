@@ -4,7 +4,7 @@
 # card, one after the other, then their per-GPU throughputs compared (target: within 5 %).
 #
 # On the controller (with internet/package index), once: the Ansible wheels for the GPU host
-#   bash tools/gpu/parity.sh wheels                  # -> .whl/ansible/*.whl (about 8.5 MB)
+#   bash tools/gpu/parity.sh wheels                  # -> .whl/*.whl (tools/gpu/make-wheels.sh)
 # On the one-H200 host (python3.12 + torch, the Petals wheels in .whl/ as for run_gpu.sh), from the
 # repository root:
 #   bash tools/gpu/parity.sh run OUTDIR
@@ -18,13 +18,8 @@ stage="${1:?usage: parity.sh wheels | run OUTDIR}"
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
 
-if [[ "$stage" == wheels ]]; then
-  # the controller's ansible-core version, for the GPU host's CPython 3.12 (PyYAML, cryptography are binary)
-  version="$(python3 -c 'from importlib.metadata import version; print(version("ansible-core"))' 2>/dev/null || echo 2.19.14)"
-  python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
-    -d .whl/ansible "ansible-core==$version" psutil
-  ls .whl/ansible; exit 0
+if [[ "$stage" == wheels ]]; then  # the Petals stack and Ansible for the GPU host's CPython 3.12
+  exec bash tools/gpu/make-wheels.sh .whl
 fi
 [[ "$stage" == run ]] || { echo "usage: parity.sh wheels | run OUTDIR" >&2; exit 2; }
 out="$(mkdir -p "${2:?OUTDIR}" && cd "$2" && pwd)"
@@ -40,7 +35,6 @@ HANDLERS="${HANDLERS:-$([[ "$DEVICE" == cuda ]] && echo 4 || echo 2)}"  # the ro
 if [[ "$DEVICE" == cuda ]]; then  # the GPU host: every Python package from the carried wheels, no venv
   if [[ ! -d "$SITE/petals" || ! -d "$SITE/ansible" ]]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/ansible/*.whl
   fi
   export PYTHONPATH="$SITE:$repo" NETBENCH_MODELS_DIR=/tmp/netbench-models
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
