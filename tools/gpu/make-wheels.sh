@@ -15,7 +15,7 @@ py312=${PY312:-$(ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | hea
 names=(accelerate annotated-types async-timeout base58 ConfigArgParse Dijkstar hivemind huggingface-hub humanfriendly
   netaddr peft petals prefetch_generator pydantic pydantic_core python-baseconv varint
   speedtest-cli tensor-parallel tokenizers transformers py-multihash py-multibase py-multicodec py-cid
-  morphys mmh3 cpufeature cryptography cffi pycparser typing-inspection
+  morphys mmh3 blake3 cpufeature cryptography cffi pycparser typing-inspection
   ansible-core ansible-runner resolvelib pexpect ptyprocess python-daemon lockfile
   ${EXTRA_WHEELS:-})
 mkdir -p "$out"
