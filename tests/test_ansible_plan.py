@@ -191,3 +191,23 @@ def test_servers_that_do_not_fit_one_gpu_are_refused_counting_the_cache():
     assert "lower netbench_servers_per_gpu" in message
     assert "must be at least 1" in refusal(**one_gpu_host(H200_MIB, servers_per_gpu=0))
     assert "malformed" in refusal(workload={"prompt_lengths": ["long"]})
+
+
+def test_namespace_hosts_of_one_machine_share_its_gpu():
+    """The emulated lab on one GPU host: every server is a network namespace (same machine id) that sees the
+    machine's one GPU. Per-GPU throughput divides by that one GPU, and its memory holds all their servers."""
+    names = ["h2", "h3", "h4", "h5"]
+    hosts = {h: {"device": "cuda", "gpus_mib": [H200_MIB], "mem_kb": 128 * GIB_KB, "machine_id": "m1", "servers": 1}
+             for h in ["h1", *names]}
+    groups = {"dht": ["h1"], "servers": names, "clients": ["h1"]}
+    plan = make_plan(config(model="facebook/opt-30b", workload=PAPER_WORKLOAD, hosts=hosts, groups=groups))
+    assert plan["num_servers"] == 4 and plan["num_gpus"] == 1
+    # four H100-sized views of one GPU: each namespace alone would fit, together they do not
+    for h in hosts:
+        hosts[h]["gpus_mib"] = [H100_MIB]
+    message = refusal(model="facebook/opt-30b", workload=PAPER_WORKLOAD, hosts=hosts, groups=groups)
+    assert "4 server(s)" in message and "client processes" in message
+    # on separate machines the same inventory is four GPUs
+    for i, h in enumerate(names):
+        hosts[h]["machine_id"] = f"m{i + 2}"
+    assert make_plan(config(model="facebook/opt-30b", workload=PAPER_WORKLOAD, hosts=hosts, groups=groups))["num_gpus"] == 4

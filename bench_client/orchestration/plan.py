@@ -200,20 +200,28 @@ def _gb(nbytes: float) -> str:
     return f"{nbytes / GB:.1f} GB"
 
 
+def physical_gpu(hosts: dict[str, HostInfo], host: str, gpu: int) -> tuple[str, int]:
+    """One GPU however many inventory hosts see it: the network namespaces of the emulated lab are
+    hosts of one machine (same /etc/machine-id) that all see its GPUs."""
+    return hosts[host].machine_id, gpu
+
+
 def check_gpu_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[str, HostInfo],
-                     workload: dict[str, Any], client_host: str) -> None:
+                     workload: dict[str, Any], client_host: HostInfo) -> None:
     """Refuse a GPU whose servers' blocks, attention caches and CUDA contexts (plus the client processes
     when the client shares the host) do not fit the memory the probe found."""
     cache_tokens = workload["attn_cache_tokens"]
     by_gpu: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for server in servers:
         if server["device"].startswith("cuda"):
-            by_gpu.setdefault((server["host"], server["gpu"]), []).append(server)
-    for (host, gpu), on_gpu in by_gpu.items():
+            by_gpu.setdefault(physical_gpu(hosts, server["host"], server["gpu"]), []).append(server)
+    for on_gpu in by_gpu.values():
+        host, gpu = on_gpu[0]["host"], on_gpu[0]["gpu"]
         blocks = sum(s["end"] - s["start"] for s in on_gpu)
         parts = {"blocks": model.blocks_bytes(dtype, blocks), "attention cache": model.cache_bytes(dtype, cache_tokens, blocks),
                  "CUDA contexts": len(on_gpu) * CUDA_PROCESS_BYTES}
-        if host == client_host:  # client processes spread over the host's GPUs (bench_client.client.workers)
+        # the client's processes share the machine's GPUs (bench_client.client.workers spreads them)
+        if client_host.machine_id == hosts[host].machine_id and client_host.device == "cuda":
             count = len(range(gpu, workload["num_processes"], len(hosts[host].gpus_mib)))
             parts["client processes"] = count * (model.embedding_bytes(workload["client_dtype"]) + CUDA_PROCESS_BYTES)
         capacity = hosts[host].gpus_mib[gpu] * 2**20
@@ -306,7 +314,8 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     cache_override = _count(config.get("attn_cache_tokens"), "(all)", "petals_server_attn_cache_tokens")
     if cache_override:
         workload["attn_cache_tokens"] = cache_override
-    inventory_gpus = sum(len(info.gpus_mib) for info in server_hosts.values() if info.device == "cuda")
+    inventory_gpus = len({(info.machine_id, gpu) for info in server_hosts.values() if info.device == "cuda"
+                          for gpu in range(len(info.gpus_mib))})
     counts = {name: info.server_count(inventory_gpus) for name, info in server_hosts.items()}
     total = sum(counts.values())
     if total > model.layers:
@@ -334,9 +343,11 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
                             f"{', '.join(unable)} (netbench_shaping: false, e.g. the local no-root inventory); "
                             "use profiles=none here or the emulated/cloud inventory")
     memory = check_memory(model, dtype, servers, server_hosts)
-    check_gpu_memory(model, dtype, servers, server_hosts, workload, groups["clients"][0])
+    client = groups["clients"][0]
+    check_gpu_memory(model, dtype, servers, server_hosts, workload,
+                     server_hosts.get(client) or HostInfo.from_dict(client, host_data[client]))
     # per-GPU throughput divides by GPUs, not servers (several servers may share one)
-    num_gpus = len({(s["host"], s["gpu"]) for s in servers if s["gpu"] is not None})
+    num_gpus = len({physical_gpu(server_hosts, s["host"], s["gpu"]) for s in servers if s["gpu"] is not None})
     systems = parse_systems(config.get("systems"))
     gpu_servers = [h for h in groups["servers"] if (host_data[h] or {}).get("gpus_mib")]
     if "flexgen" in systems and not gpu_servers:
