@@ -17,7 +17,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # bench_client/
+PROJECT_DIR = PACKAGE_DIR.parent  # the checkout (or site-packages, for a wheel)
 LAUNCHER_ENV, COMMIT_ENV, DIRTY_ENV = "NETBENCH_LAUNCHER", "NETBENCH_GIT_COMMIT", "NETBENCH_GIT_DIRTY"
 BARE_CLIENT = "client"
 
@@ -49,7 +50,7 @@ def code_hash() -> str:
     """A digest of this installed bench_client's own files (path and bytes of every .py, .sh and .txt):
     the same for a git checkout and a wheel of the same code, so a host's harness can be compared with
     the controller's however it was installed."""
-    package = Path(__file__).resolve().parent
+    package = PACKAGE_DIR
     digest = hashlib.sha256()
     for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".sh", ".txt") and p.is_file()
                        and "__pycache__" not in p.parts):

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_client.core.provenance import PROJECT_DIR
+
 PREFIX = os.environ.get("NETBENCH_LAB_PREFIX", "nbl")
 SUBNET = os.environ.get("NETBENCH_LAB_SUBNET", "10.213.0")  # /24 inside the lab's own namespaces only
 CONTROLLER_ADDRESS = f"{SUBNET}.1"
@@ -79,7 +81,7 @@ def router_vars(lab_dir: Path, python: str) -> dict:
     """Inventory variables of router mode: swarm traffic on eth1 (through the router VM), the netem
     role shaping inside the router (its control CLI on the physical host, see docs/netem-router.md)."""
     return {"netem_interface": "eth1", "netem_backend": "router", "netem_router_dir": str(lab_dir / "router"),
-            "netem_router_python": python, "netem_router_pythonpath": str(Path(__file__).resolve().parents[1])}
+            "netem_router_python": python, "netem_router_pythonpath": str(PROJECT_DIR)}
 
 
 NSH = """#!/bin/sh

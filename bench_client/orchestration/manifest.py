@@ -16,13 +16,12 @@ import argparse
 import json
 import platform
 import re
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench_client.core import environment
+from bench_client.core import environment, provenance
 from bench_client.core.processes import fail, write_atomically
 
 MANIFEST_NAME = "manifest.json"
@@ -30,7 +29,6 @@ MANIFEST_SCHEMA = 1
 _SECRET_KEY = re.compile(r"pass(word|wd|phrase)?|secret|token|private|credential|api_?key|ssh_?key|key_?file|become_pass",
                          re.IGNORECASE)
 REDACTED = "<redacted>"
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def redact(value: Any) -> Any:
@@ -40,21 +38,6 @@ def redact(value: Any) -> Any:
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
-
-
-def git_state(directory: Path = PROJECT_DIR) -> dict[str, Any]:
-    """The project's commit and whether the work tree differs from it (None outside a git checkout)."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None, "branch": git("rev-parse",
-                                                                                                      "--abbrev-ref", "HEAD")}
 
 
 def controller_versions() -> dict[str, Any]:
@@ -76,7 +59,7 @@ def build_manifest(data: dict[str, Any]) -> dict[str, Any]:
         "schema": MANIFEST_SCHEMA,
         "run_id": data.get("run_id") or plan.get("run_id"),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git": git_state(),
+        "git": provenance.git_state(),
         "controller_versions": controller_versions(),
         "extra_vars": data.get("extra_vars") or {},
         "plan": plan,
