@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import re
+import stat
 import subprocess
 import sys
 import time
@@ -25,9 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_client.processes import Identity, stop_processes, terminate
+
 PREFIX = os.environ.get("NETBENCH_LAB_PREFIX", "nbl")
 SUBNET = os.environ.get("NETBENCH_LAB_SUBNET", "10.213.0")  # /24 inside the lab's own namespaces only
 CONTROLLER_ADDRESS = f"{SUBNET}.1"
+_SAFE_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]{0,11}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,44 @@ class LabHost:
     name: str
     netns: str
     address: str
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def secure_dir(path: Path, create: bool = True) -> Path:
+    """The lab directory, created by us with mode 0700, or an existing one that we own, that is no symlink
+    and that nobody else may write (root writes keys, configs and the inventory there and runs what
+    they name: a directory another user controls could redirect all of that)."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise LabError(f"lab directory {path} does not exist") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise LabError(f"lab directory {path} is not a directory (a symlink?); give a directory of your own")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise LabError(f"lab directory {path} belongs to uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):o}; "
+                       f"it must be ours (uid {os.geteuid()}) with mode 0700: give a new path, the lab creates it")
+    return path
+
+
+def write_file(lab_dir: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    """Write a file in the lab directory without following a symlink planted under its name."""
+    dir_fd = os.open(lab_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return lab_dir / name
 
 
 def _run(*argv: str, check: bool = True, netns: str | None = None) -> subprocess.CompletedProcess:
@@ -70,8 +112,7 @@ MaxStartups 50
 
 def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_per_host: int = 1) -> Path:
     """hosts.yml for the lab: h1 runs the DHT and the client, the rest are shaped servers."""
-    ctl = lab_dir / "cp"
-    ctl.mkdir(exist_ok=True)
+    ctl = secure_dir(lab_dir / "cp")
     ssh_args = (f"-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o ControlMaster=auto "
                 f"-o ControlPersist=30s -o ControlPath={ctl}/%C -o ServerAliveInterval=5 -o ServerAliveCountMax=3")
     host_vars = {h.name: {"ansible_host": h.address, "netbench_address": h.address} for h in hosts}
@@ -100,9 +141,8 @@ def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_pe
             },
         }
     }
-    path = lab_dir / "hosts.yml"
-    path.write_text("# written by python -m bench_client.netns_lab up\n" + json.dumps(inventory, indent=2) + "\n")
-    return path
+    return write_file(lab_dir, "hosts.yml",
+                      "# written by python -m bench_client.netns_lab up\n" + json.dumps(inventory, indent=2) + "\n")
 
 
 def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_host: int = 1,
@@ -110,20 +150,26 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
     """Create the namespaces, the bridge, one sshd per host; return the inventory path."""
     if count < 2:
         raise ValueError("the lab needs at least 2 hosts (one DHT/client, one server)")
-    lab_dir.mkdir(parents=True, exist_ok=True)
-    state = {"prefix": prefix, "hosts": [], "created_run_sshd": False}
-    (lab_dir / "lab.json").write_text(json.dumps(state))
+    secure_dir(lab_dir)
+    identity = Identity.new()  # every sshd (and what runs under it) carries it; down signals only those
+    state = {"prefix": prefix, "hosts": [], "created_run_sshd": False, "boot_id": identity.boot_id,
+             "token": identity.token}
+
+    def save() -> None:
+        write_file(lab_dir, "lab.json", json.dumps(state))
+
+    save()
     if not (lab_dir / "id_ed25519").exists():
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "id_ed25519"))
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "ssh_host_ed25519_key"))
-    (lab_dir / "authorized_keys").write_text((lab_dir / "id_ed25519.pub").read_text())
+    write_file(lab_dir, "authorized_keys", (lab_dir / "id_ed25519.pub").read_text())
     if not Path("/run/sshd").exists():  # sshd's privilege separation directory
         Path("/run/sshd").mkdir(mode=0o755)
         state["created_run_sshd"] = True
     ctl = controller_netns(prefix)
     _run("ip", "netns", "add", ctl)
     state["controller"] = ctl
-    (lab_dir / "lab.json").write_text(json.dumps(state))
+    save()
     _run("ip", "link", "set", "lo", "up", netns=ctl)
     _run("ip", "link", "add", "br0", "type", "bridge", netns=ctl)
     _run("ip", "addr", "add", f"{CONTROLLER_ADDRESS}/24", "dev", "br0", netns=ctl)
@@ -131,7 +177,7 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
     for host in lab_hosts(count, prefix):
         _run("ip", "netns", "add", host.netns)
         state["hosts"].append({"name": host.name, "netns": host.netns, "address": host.address})
-        (lab_dir / "lab.json").write_text(json.dumps(state))
+        save()
         peer = f"v{host.name}"
         # create the pair inside the controller namespace, then move one end into the host
         _run("ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", host.netns, netns=ctl)
@@ -140,14 +186,15 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
         _run("ip", "link", "set", "lo", "up", netns=host.netns)
         _run("ip", "addr", "add", f"{host.address}/24", "dev", "eth0", netns=host.netns)
         _run("ip", "link", "set", "eth0", "up", netns=host.netns)
-        config = lab_dir / f"sshd-{host.name}.conf"
-        config.write_text(SSHD_CONFIG.format(address=host.address, dir=lab_dir, name=host.name))
-        log = open(lab_dir / f"sshd-{host.name}.log", "ab")
-        proc = subprocess.Popen(["ip", "netns", "exec", host.netns, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        config = write_file(lab_dir, f"sshd-{host.name}.conf",
+                            SSHD_CONFIG.format(address=host.address, dir=lab_dir, name=host.name))
+        write_file(lab_dir, f"sshd-{host.name}.log", "")
+        with open(lab_dir / f"sshd-{host.name}.log", "ab") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", host.netns, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env={**os.environ, **identity.env()})
         state["hosts"][-1]["sshd_pgid"] = proc.pid
-        (lab_dir / "lab.json").write_text(json.dumps(state))
+        save()
     inventory = write_inventory(lab_dir, lab_hosts(count, prefix), python, servers_per_host)
     wait_for_ssh(lab_dir, lab_hosts(count, prefix), ctl)
     return inventory
@@ -173,39 +220,36 @@ def namespace_pids(netns: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
-def _stop_group(pgid: int, timeout: float = 10.0) -> None:
-    from bench_client.daemon import group_members
-
-    sig = signal.SIGTERM
-    deadline = time.monotonic() + timeout
-    while group_members(pgid):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        if time.monotonic() > deadline:
-            sig = signal.SIGKILL
-        time.sleep(0.1)
-
-
 def down(lab_dir: Path) -> None:
-    """Undo ``up``: close ssh masters, stop sshds by process group, delete the namespaces."""
+    """Undo ``up``: close ssh masters, stop sshds by process group, delete the namespaces.
+
+    Only in a lab directory of ours (lab.json is trusted no further than its directory), and even then
+    it deletes only namespaces named with the lab's prefix and signals only processes that carry the
+    identity recorded at ``up``."""
     try:
-        state = json.loads((lab_dir / "lab.json").read_text())
+        secure_dir(lab_dir, create=False)
+        state = json.loads(_read_file(lab_dir, "lab.json"))
     except (OSError, ValueError):
         return
+    prefix = str(state.get("prefix") or PREFIX)
+    if not _SAFE_PREFIX.fullmatch(prefix):
+        raise LabError(f"{lab_dir}/lab.json names prefix {prefix!r}; refusing to act on it")
+    identity = Identity(str(state.get("boot_id", "")), str(state.get("token", "")))
     ctl = state.get("controller")
+    named = [ctl] if ctl else []
+    named += [str(h.get("netns")) for h in state.get("hosts", [])]
+    foreign = [ns for ns in named if not ns.startswith(f"{prefix}-")]
+    if foreign:
+        raise LabError(f"{lab_dir}/lab.json names namespaces {foreign} outside the lab's prefix {prefix}-; "
+                       "refusing to act on it")
     for sock in (lab_dir / "cp").glob("*") if (lab_dir / "cp").exists() else []:
         _run("ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab", check=False)
     for host in state.get("hosts", []):
         if host.get("sshd_pgid"):
-            _stop_group(int(host["sshd_pgid"]))
-        # anything still running inside the lab's namespaces was started by the lab or its tests
-        for pid in namespace_pids(host["netns"]):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            terminate(int(host["sshd_pgid"]), timeout=10.0, identity=identity)
+        # what still runs inside a namespace of the lab (its prefix, checked above) was started by the lab
+        # or its tests; each is signalled with its start time checked (no PID reuse)
+        stop_processes(lambda ns=host["netns"]: namespace_pids(ns), timeout=2.0)
         _run("ip", "netns", "delete", host["netns"], check=False)
     if ctl:
         _run("ip", "netns", "delete", ctl, check=False)
@@ -215,6 +259,16 @@ def down(lab_dir: Path) -> None:
         except OSError:
             pass
     (lab_dir / "lab.json").unlink(missing_ok=True)
+
+
+def _read_file(lab_dir: Path, name: str, limit: int = 1 << 20) -> str:
+    dir_fd = os.open(lab_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd) as handle:
+        return handle.read(limit)
 
 
 @contextmanager
@@ -268,13 +322,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "up":
         try:
             print(up(args.dir, args.hosts, args.python, args.servers_per_host))
+        except LabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except (RuntimeError, ValueError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", "") or ""
             print(f"error: {exc} {detail}".strip(), file=sys.stderr)
             down(args.dir)
             return 2
     else:
-        down(args.dir)
+        try:
+            down(args.dir)
+        except LabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
