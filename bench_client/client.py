@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -23,7 +24,7 @@ from bench_client.metrics import GenerateTiming, summarize
 from bench_client.models import UnknownModelError, get_model, write_model_dir
 from bench_client.peers import PeerError, resolve_initial_peers
 from bench_client.processes import fail
-from bench_client.results import ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
+from bench_client.results import SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
 from bench_client.server import DEFAULT_MODELS_DIR
 from bench_client.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining
 from bench_client.swarm import EXIT_MISSING_BLOCKS, EXIT_UNREACHABLE, SwarmView, connect, format_ranges, inspect
@@ -78,7 +79,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="petals client retries per request before the configuration fails (petals' default is "
                         "infinite: a swarm that lost a block would hang until --config-timeout)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lock", default=None,
+                   help="lock file of the swarm (the roles: WORKDIR/run/client.lock): one benchmark at a time")
     return p
+
+
+EXIT_BUSY = 6
+
+
+def hold_lock(path: str, output: str) -> int:
+    """Take the swarm's lock for this process's lifetime (its worker processes inherit it), or fail
+    naming the benchmark that holds it: two sweeps at once share the servers and halve each other's numbers."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        fail(f"--lock {path}: {exc.strerror}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+        fail(f"another benchmark runs on this swarm ({holder}); wait for it to finish or stop it "
+             "(site.yml --tags cleanup)", EXIT_BUSY)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} measuring into {output}\n".encode(), 0)
+    return fd
 
 
 def resolve_device(choice: str) -> str:
@@ -135,14 +162,18 @@ def now_iso() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if Path(args.output).is_dir():
-        fail(f"--output {args.output} is a directory; give a file name such as out_30b.tsv")
     try:
         spec = get_model(args.prefix)
         peers = resolve_initial_peers(args.initial_peers)
         token_sweep = parse_token_sweep(args.token_sweep, spec.name)
         points = build_sweep(args.prompt_lengths, args.new_tokens, token_sweep, args.token_sweep_prompt_length)
         writer = ResultsWriter(args.output, args.metadata)
+        writer.check_writable()
+        if args.lock:  # before the output is read: what is done must not change under us
+            hold_lock(args.lock, args.output)
+        writer.prepare()
+        writer.check_identity({"model": spec.name, "dht_prefix": spec.dht_prefix, "client_dtype": args.client_dtype,
+                               "network_profile": args.network_profile})
         done = writer.done(args.batch_size, args.num_micro_batches, args.num_processes)
     except (UnknownModelError, PeerError, ValueError) as exc:  # ResultsFileError is a ValueError
         fail(str(exc))
@@ -163,14 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         dht.shutdown()
     check_swarm(view)
     num_gpus, gpus_source = count_gpus(view, args.num_gpus)
-    writer.prepare()
+    servers = describe_servers(view)
+    try:  # the rows already there were measured on a swarm like this one
+        writer.check_identity({"num_gpus": num_gpus, **{k: servers[k] for k in SWARM_IDENTITY if k in servers}})
+    except ResultsFileError as exc:
+        fail(str(exc))
 
     run_id = args.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     common = {
         "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
         "batch_size": args.batch_size, "num_micro_batches": args.num_micro_batches,
         "num_processes": args.num_processes, "num_gpus": num_gpus, "num_gpus_source": gpus_source,
-        **describe_servers(view),
+        **servers,
         "client_host": environment.hostname(), "client_device": device,
         "client_gpu": environment.client_gpu(device), "client_dtype": args.client_dtype,
         "versions": environment.package_versions(), "network_profile": args.network_profile, "network": None,

@@ -139,9 +139,23 @@ def stop(pidfile: Path, timeout: float = 20.0) -> dict:
 def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
     """Run CMD in its own session in the foreground and return its exit code; afterwards stop whatever
     it left behind in its process group (p2pd daemons, worker processes), so a finished benchmark
-    leaves no process of ours. While it runs, ``stop --pidfile`` (cleanup) can end it."""
+    leaves no process of ours. While it runs, ``stop --pidfile`` (cleanup) can end it.
+
+    One at a time per pidfile: if the pidfile names a running command (proven ours by its identity),
+    the same command line is the same run restarted (a rerun after Ctrl-C left the first one running,
+    measuring into the same output): it is stopped and this one takes over; another command line is
+    another experiment on the same swarm, and is refused."""
     if not argv:
         raise DaemonError("no command given after --")
+    previous = Record.load(pidfile)
+    if previous is not None and is_running(previous):
+        if previous.argv != argv:
+            raise DaemonError(f"another benchmark runs on this swarm (pid {previous.pid}, pidfile {pidfile}): "
+                              f"{' '.join(previous.argv)[:300]}; wait for it to finish or stop it "
+                              "(site.yml --tags cleanup)")
+        print(f"daemon: taking over from the same command still running as pid {previous.pid} "
+              "(an interrupted run); stopping it", file=sys.stderr)
+        terminate(previous.pgid, identity=previous.identity)
     _become_subreaper()  # orphans of CMD (setsid'ed helpers too) become our children, not init's
     identity = Identity.new()
     proc = subprocess.Popen(argv, start_new_session=True, env={**os.environ, **identity.env()})
@@ -163,7 +177,9 @@ def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
             print(f"daemon: stopping {len(leftovers)} process(es) {argv[0]} left behind: {leftovers}", file=sys.stderr)
             terminate(proc.pid, timeout=grace, extra=leftovers, identity=identity)
         _reap()
-        pidfile.unlink(missing_ok=True)
+        current = Record.load(pidfile)
+        if current is None or current.pid == proc.pid:  # a run that took over from us owns the pidfile now
+            pidfile.unlink(missing_ok=True)
     return code
 
 
