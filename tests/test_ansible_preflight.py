@@ -28,6 +28,21 @@ CASES = {
     # docker is implemented by the roles now (tests/test_docker_runtime.py runs it); a runtime without tasks
     # is refused too (tests/test_ansible_plan.py::test_runtime_without_role_tasks)
     "unknown-runtime": ({"netbench_runtime": "podman"}, None, "runtime 'podman' is not one of process, docker"),
+    # custom profiles may not pass for the unshaped or the paper's rows
+    "reserved-profile-none": ({"profiles": [{"name": "none", "delay": "10ms"}]}, None,
+                              "the name 'none' is reserved (no shaping)"),
+    "reserved-profile-paper": ({"profiles": [{"name": "paper-10ms-1gbit", "delay": "50ms", "rate": "1gbit"}]}, None,
+                               "the name 'paper-10ms-1gbit' is reserved (the paper profiles)"),
+    # the bench_client role's variables, checked in the pre-flight (formerly after the swarm started)
+    "bench-batch-zero": ({"bench_client_batch_size": 0}, None, "bench_client_batch_size must be at least 1, got 0"),
+    "bench-tokens-negative": ({"bench_client_new_tokens": -3}, None, "bench_client_new_tokens must be at least 0"),
+    "bench-processes-fraction": ({"bench_client_num_processes": 1.5}, None,
+                                 "bench_client_num_processes must be a whole number, got 1.5"),
+    "bench-micro-batches-word": ({"bench_client_num_micro_batches": "abc"}, None,
+                                 "bench_client_num_micro_batches must be a whole number, got 'abc'"),
+    "bench-prompt-zero": ({"bench_client_prompt_lengths": "512,0"}, None,
+                          "bench_client_prompt_lengths must be at least 1, got 0"),
+    "bench-token-sweep": ({"bench_client_token_sweep": "9:3"}, None, "bench_client_token_sweep: --token-sweep '9:3'"),
     "missing-group": ({}, "servers", "inventory group 'servers' is missing or empty"),
     "empty-group": ({}, "clients-empty", "inventory group 'clients' is missing or empty"),
 }
