@@ -5,6 +5,7 @@ changed (no work directory, no process). The GPU refusal is real: this machine h
 from __future__ import annotations
 
 import io
+import json
 import textwrap
 from pathlib import Path
 
@@ -87,3 +88,38 @@ def test_refused_before_any_host_changes(case, tmp_path):
     assert all(f.task.startswith("preflight") for f in result.failures), result.failures
     assert not workdir.exists(), "a host was changed before the refusal"
     assert not any(t.status == "changed" for t in result.timings)
+
+
+def test_the_client_runs_the_settings_the_preflight_converted(tmp_path):
+    """-e bench_client_prompt_lengths=512 (a scalar, as -e key=value gives it) reaches the client's command
+    line as one prompt length, through the real pre-flight and the bench_client role's own variables."""
+    import subprocess
+    import sys
+
+    play = tmp_path / "render.yml"
+    play.write_text(textwrap.dedent(f"""\
+        - name: Pre-flight
+          ansible.builtin.import_playbook: {ROOT}/playbooks/preflight.yml
+        - name: Render the client's command line as the bench_client role would
+          hosts: clients
+          gather_facts: false
+          vars_files: [{ROOT}/roles/bench_client/defaults/main.yml, {ROOT}/roles/bench_client/vars/main.yml]
+          vars:
+            bench_client_initial_peers: []
+          tasks:
+            - name: Write it
+              ansible.builtin.copy:
+                content: "{{{{ bench_client_args | to_json }}}}"
+                dest: {tmp_path / "args.json"}
+                mode: "0600"
+        """))
+    result = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i",
+                             str(ROOT / "inventory" / "local" / "hosts.yml"), str(play), "-e",
+                             "bench_client_prompt_lengths=512", "-e", "bench_client_batch_size=2", "-e",
+                             f"netbench_workdir={tmp_path / 'work'}"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    args = json.loads((tmp_path / "args.json").read_text())
+    at = args.index("--prompt-lengths")
+    assert args[at + 1:at + 3] == ["512", "--new-tokens"], args
+    assert args[args.index("-b") + 1] == "2"
