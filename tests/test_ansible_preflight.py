@@ -123,3 +123,27 @@ def test_the_client_runs_the_settings_the_preflight_converted(tmp_path):
     at = args.index("--prompt-lengths")
     assert args[at + 1:at + 3] == ["512", "--new-tokens"], args
     assert args[args.index("-b") + 1] == "2"
+
+
+@pytest.mark.parametrize("kind", ["other-owner", "world-writable", "symlink"])
+def test_a_work_directory_not_ours_is_refused_and_left_alone(kind, tmp_path):
+    """The host's work directory (pidfiles root then acts on) must be the run user's, writable by no one else."""
+    import os
+
+    target = tmp_path / "theirs"
+    target.mkdir()
+    workdir = target
+    if kind == "other-owner":
+        os.chown(target, 65534, 65534)
+    elif kind == "world-writable":
+        target.chmod(0o777)
+    else:
+        workdir = tmp_path / "link"
+        workdir.symlink_to(target)
+    out = io.StringIO()
+    result = run_experiment(inventory=ROOT / "inventory" / "local" / "hosts.yml", tags="provision", out=out,
+                            extravars={"netbench_workdir": str(workdir), "results_dir": str(tmp_path / "results")})
+    assert result.rc != 0, out.getvalue()
+    messages = " ".join(f.message for f in result.failures)
+    assert f"work directory {workdir} must be a directory of the run's user" in messages, out.getvalue()
+    assert list(target.iterdir()) == [], "something was written into a directory that is not ours"
