@@ -122,6 +122,8 @@ def load_extra_metadata(path: str | None) -> dict:
     if not path:
         return {}
     try:
+        if not Path(path).is_file():  # /dev/zero would be read forever
+            fail(f"--extra-metadata {path} is not a regular file")
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         fail(f"--extra-metadata {path}: {exc}")
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     num_gpus, gpus_source = count_gpus(view, args.num_gpus)
     servers = describe_servers(view)
     try:  # the rows already there were measured on a swarm like this one
-        writer.check_identity({"num_gpus": num_gpus, **{k: servers[k] for k in SWARM_IDENTITY if k in servers}})
+        writer.check_identity({k: servers[k] for k in SWARM_IDENTITY})
     except ResultsFileError as exc:
         fail(str(exc))
 

@@ -21,7 +21,9 @@ SCHEMA_VERSION = 1
 # What defines a measurement besides its sweep point: every row of one output must agree on these, so a
 # rerun resumes only the same experiment (the run's choices first; the swarm's, known once connected).
 RUN_IDENTITY = ("model", "dht_prefix", "client_dtype", "network_profile")
-SWARM_IDENTITY = ("weight_dtype", "num_servers", "num_gpus")
+# Not the server count: a server replaced after a failure (or a stale DHT record) changes it, and resuming
+# there is the point of resuming.
+SWARM_IDENTITY = ("weight_dtype",)
 
 
 class ResultsFileError(ValueError):

@@ -154,3 +154,15 @@ def test_daemon_run_refuses_another_command_and_takes_over_the_same(tmp_path):
                 os.killpg(proc.pid, 15)
                 proc.wait(timeout=10)
     assert not pidfile.exists()
+
+
+def test_rows_from_a_swarm_with_other_weights_are_not_resumed(tmp_path):
+    """The check the client makes once connected: the swarm's weight dtype is the rows' (real writer)."""
+    from bench_client.results import ResultsFileError
+
+    rows_of(weight_dtype="float32")(tmp_path)
+    writer = ResultsWriter(tmp_path / "out.tsv")
+    writer.check_identity({"weight_dtype": "float32"})
+    with pytest.raises(ResultsFileError, match="was measured with weight_dtype='float32', this run has "
+                                               "weight_dtype='bfloat16'"):
+        writer.check_identity({"weight_dtype": "bfloat16"})
