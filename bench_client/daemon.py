@@ -142,14 +142,14 @@ def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
     leaves no process of ours. While it runs, ``stop --pidfile`` (cleanup) can end it.
 
     One at a time per pidfile: if the pidfile names a running command (proven ours by its identity),
-    the same command line is the same run restarted (a rerun after Ctrl-C left the first one running,
-    measuring into the same output): it is stopped and this one takes over; another command line is
-    another experiment on the same swarm, and is refused."""
+    the same command line, or one writing the same ``--output``, is the same run restarted (a rerun
+    after Ctrl-C left the first one running, measuring into that output): it is stopped and this one
+    takes over; any other command is another experiment on the same swarm, and is refused."""
     if not argv:
         raise DaemonError("no command given after --")
     previous = Record.load(pidfile)
     if previous is not None and is_running(previous):
-        if previous.argv != argv:
+        if not _same_run(previous.argv, argv):
             raise DaemonError(f"another benchmark runs on this swarm (pid {previous.pid}, pidfile {pidfile}): "
                               f"{' '.join(previous.argv)[:300]}; wait for it to finish or stop it "
                               "(site.yml --tags cleanup)")
@@ -181,6 +181,14 @@ def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
         if current is None or current.pid == proc.pid:  # a run that took over from us owns the pidfile now
             pidfile.unlink(missing_ok=True)
     return code
+
+
+def _same_run(previous: list[str], argv: list[str]) -> bool:
+    """The same command, or the same results file (the DHT's addresses on the command line may differ)."""
+    def output(args: list[str]) -> str | None:
+        return args[args.index("--output") + 1] if "--output" in args[:-1] else None
+
+    return previous == argv or (output(argv) is not None and output(previous) == output(argv))
 
 
 def _become_subreaper() -> None:
