@@ -1,7 +1,7 @@
 import os
 import sys
 
-from bench_client.client import main
+from bench_client.client.cli import main
 
 if __name__ == "__main__":
     code = main()

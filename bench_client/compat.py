@@ -46,7 +46,7 @@ import sys
 import types
 import warnings
 
-from bench_client.peers import keep_p2p_private
+from bench_client.swarm.peers import keep_p2p_private
 
 # Names petals 2.2.0.post1 imports from the top-level ``hivemind`` package, and where they live now.
 _HIVEMIND_NAMES: dict[str, str] = {

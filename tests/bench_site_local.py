@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_client.runner import run_experiment  # noqa: E402
+from bench_client.orchestration.runner import run_experiment  # noqa: E402
 
 # Tasks whose time is the experiment's own work, not Ansible's (matched against "role : task").
 WORK_TASKS = {

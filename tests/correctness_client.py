@@ -8,7 +8,7 @@ import sys
 import torch
 
 from bench_client import compat
-from bench_client.processes import terminate_tree
+from bench_client.core.processes import terminate_tree
 
 compat.apply()
 from petals import DistributedBloomForCausalLM  # noqa: E402

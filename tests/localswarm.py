@@ -1,3 +1,3 @@
-"""The tests' name for bench_client.local_swarm (real DHT and servers on loopback, stopped by process group)."""
+"""The tests' name for bench_client.swarm.local (real DHT and servers on loopback, stopped by process group)."""
 
-from bench_client.local_swarm import LocalSwarm, Managed, group_members  # noqa: F401
+from bench_client.swarm.local import LocalSwarm, Managed, group_members  # noqa: F401

@@ -69,8 +69,8 @@ def engine_cases() -> list[Case]:
                           _cli("bench_client", argv)))
     for args, message in _marks(units.test_server_refuses_bad_input):
         base = ["--model", "netbench/tiny"] + ([] if "--initial-peers" in args else ["--initial-peers", units.PEER])
-        cases.append(Case("bench_client.server", "server " + " ".join(args), " ".join(args), message,
-                          "test_engine_units.py::test_server_refuses_bad_input", _cli("bench_client.server",
+        cases.append(Case("bench_client.swarm.server", "server " + " ".join(args), " ".join(args), message,
+                          "test_engine_units.py::test_server_refuses_bad_input", _cli("bench_client.swarm.server",
                                                                                       base + list(args))))
     return cases
 
@@ -79,24 +79,24 @@ def own_cli_cases() -> list[Case]:
     """Refusals checked by tests/test_bad_inputs.py itself (nothing else covers them)."""
     test = "test_bad_inputs.py::test_launchers_refuse"
     return [
-        Case("bench_client.dht", "dht --initial-peers public", f"--initial-peers {PUBLIC_PEER}",
+        Case("bench_client.swarm.dht", "dht --initial-peers public", f"--initial-peers {PUBLIC_PEER}",
              "is a public Petals bootstrap peer", test,
-             _cli("bench_client.dht", ["--address-file", "{tmp}/dht.maddrs", "--initial-peers", PUBLIC_PEER])),
-        Case("bench_client.dht", "dht --port and --host-maddrs", "--port 31337 --host-maddrs /ip4/127.0.0.1/tcp/1",
+             _cli("bench_client.swarm.dht", ["--address-file", "{tmp}/dht.maddrs", "--initial-peers", PUBLIC_PEER])),
+        Case("bench_client.swarm.dht", "dht --port and --host-maddrs", "--port 31337 --host-maddrs /ip4/127.0.0.1/tcp/1",
              "use either --port or --host-maddrs", test,
-             _cli("bench_client.dht", ["--address-file", "{tmp}/dht.maddrs", "--port", "31337", "--host-maddrs",
+             _cli("bench_client.swarm.dht", ["--address-file", "{tmp}/dht.maddrs", "--port", "31337", "--host-maddrs",
                                        "/ip4/127.0.0.1/tcp/1"])),
-        Case("bench_client.swarm", "swarm info public peer", f"info --initial-peers {PUBLIC_PEER}",
+        Case("bench_client.swarm.blocks", "swarm info public peer", f"info --initial-peers {PUBLIC_PEER}",
              "is a public Petals bootstrap peer", test,
-             _cli("bench_client.swarm", ["info", "--initial-peers", PUBLIC_PEER, "--model", "netbench/tiny"])),
-        Case("bench_client.swarm", "swarm info unknown model", "info --model facebook/opt-9000",
+             _cli("bench_client.swarm.blocks", ["info", "--initial-peers", PUBLIC_PEER, "--model", "netbench/tiny"])),
+        Case("bench_client.swarm.blocks", "swarm info unknown model", "info --model facebook/opt-9000",
              "unknown model 'facebook/opt-9000'", test,
-             _cli("bench_client.swarm", ["info", "--initial-peers", "/ip4/127.0.0.1/tcp/9/p2p/"
+             _cli("bench_client.swarm.blocks", ["info", "--initial-peers", "/ip4/127.0.0.1/tcp/9/p2p/"
                                          "12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9",
                                          "--model", "facebook/opt-9000"])),
         Case("petals-netbench (runner CLI)", "runner --run-id ../../x", "--run-id ../../../../tmp/x",
              "run_id '../../../../tmp/x' is used as a results folder", test,
-             _cli("bench_client.runner", ["--run-id", "../../../../tmp/x"])),
+             _cli("bench_client.orchestration.runner", ["--run-id", "../../../../tmp/x"])),
         Case("bench_client (client CLI)", "client --max-retries 0", "--max-retries 0",
              "argument --max-retries: must be >= 1, got 0", test,
              _cli("bench_client", ["--initial_peers", "/ip4/127.0.0.1/tcp/9/p2p/"
@@ -135,21 +135,21 @@ def lab_cases() -> list[Case]:
             lab.mkdir(mode=mode)
             lab.chmod(mode)
             os.chown(lab, uid, uid)
-            code, message = _cli("bench_client.netns_lab", ["up", "--dir", str(lab), "--hosts", "2"])(workdir)
+            code, message = _cli("bench_client.netem.lab", ["up", "--dir", str(lab), "--hosts", "2"])(workdir)
             assert list(lab.iterdir()) == [], "the lab wrote into a directory that is not its own"
             return code, message.replace(str(workdir) + "/", "")
         return run
 
     test = "test_lab_safety.py::test_a_lab_directory_not_ours_is_refused_before_anything_is_written"
-    return [Case("bench_client.netns_lab (root)", "lab dir of another user", "up --dir DIR (owned by uid 65534)",
+    return [Case("bench_client.netem.lab (root)", "lab dir of another user", "up --dir DIR (owned by uid 65534)",
                  "it must be ours (uid 0) with mode 0700", test, runner(0o700, 65534)),
-            Case("bench_client.netns_lab (root)", "lab dir group-writable", "up --dir DIR (mode 0770)",
+            Case("bench_client.netem.lab (root)", "lab dir group-writable", "up --dir DIR (mode 0770)",
                  "it must be ours (uid 0) with mode 0700", test, runner(0o770, 0))]
 
 
 def workdir_cases() -> list[Case]:
     """A host's work directory that is not the run user's (root: chown)."""
-    from bench_client.runner import run_experiment
+    from bench_client.orchestration.runner import run_experiment
 
     def runner(kind: str) -> Callable[[Path], tuple[int, str]]:
         def run(workdir: Path) -> tuple[int, str]:
@@ -191,7 +191,7 @@ def report_cases() -> list[Case]:
 
 def preflight_cases() -> list[Case]:
     import test_ansible_preflight as preflight
-    from bench_client.runner import run_experiment
+    from bench_client.orchestration.runner import run_experiment
 
     def runner(extravars: dict, variant: str | None) -> Callable[[Path], tuple[int, str]]:
         def run(workdir: Path) -> tuple[int, str]:

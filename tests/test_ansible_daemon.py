@@ -1,4 +1,4 @@
-"""bench_client.daemon: the process-group start/stop the roles use (real processes, no Ansible)."""
+"""bench_client.core.daemon: the process-group start/stop the roles use (real processes, no Ansible)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from bench_client.daemon import Record, group_members, is_running, start, status, stop
-from bench_client.processes import Identity, boot_id, descendants, start_ticks, terminate
+from bench_client.core.daemon import Record, group_members, is_running, start, status, stop
+from bench_client.core.processes import Identity, boot_id, descendants, start_ticks, terminate
 
 
 def test_start_is_idempotent_and_stop_ends_the_whole_group(tmp_path):
@@ -53,7 +53,7 @@ def test_ready_file_and_early_exit(tmp_path):
         assert result["changed"] and ready.exists()
     finally:
         stop(pidfile)
-    cli = subprocess.run([sys.executable, "-m", "bench_client.daemon", "start", "--pidfile", str(pidfile), "--log",
+    cli = subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "start", "--pidfile", str(pidfile), "--log",
                           str(log), "--ready-file", str(ready), "--", "sh", "-c", "echo boom; exit 7"],
                          capture_output=True, text=True)
     assert cli.returncode == 2 and "exited with code 7" in cli.stderr and "boom" in cli.stderr
@@ -62,7 +62,7 @@ def test_ready_file_and_early_exit(tmp_path):
 
 def test_run_returns_the_exit_code_and_stops_leftovers(tmp_path):
     marker = f"sleep {300 + os.getpid() % 50}.5"
-    cli = subprocess.run([sys.executable, "-m", "bench_client.daemon", "run", "--pidfile", str(tmp_path / "c.pid"),
+    cli = subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "run", "--pidfile", str(tmp_path / "c.pid"),
                           "--", "sh", "-c", f"{marker} & echo hi; exit 3"], capture_output=True, text=True)
     assert cli.returncode == 3 and cli.stdout.strip() == "hi"
     assert "left behind" in cli.stderr
@@ -74,7 +74,7 @@ def test_stale_pidfile_is_not_running(tmp_path):
     pidfile = tmp_path / "x.pid"
     Record(pid=2**22 - 3, pgid=2**22 - 3, start_ticks=1, argv=["gone"], log="-").save(pidfile)
     assert status(pidfile)["running"] is False
-    out = subprocess.run([sys.executable, "-m", "bench_client.daemon", "stop", "--pidfile", str(pidfile)],
+    out = subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "stop", "--pidfile", str(pidfile)],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["changed"] is False
 
@@ -88,7 +88,7 @@ def test_helpers_that_leave_the_group_are_stopped_too(tmp_path):
     assert subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode == 0
     stop(pidfile)
     assert subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode == 1
-    cli = subprocess.run([sys.executable, "-m", "bench_client.daemon", "run", "--pidfile", str(tmp_path / "r.pid"),
+    cli = subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "run", "--pidfile", str(tmp_path / "r.pid"),
                           "--", "sh", "-c", f"setsid {marker} & exit 0"], capture_output=True, text=True)
     assert cli.returncode == 0
     assert subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode == 1

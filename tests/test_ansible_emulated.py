@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_client import netns_lab
+from bench_client.netem import lab as netns_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def lab(tmp_path_factory):
 def petals_netbench(lab_dir: Path, inventory: Path, *args: str, timeout: float = 900) -> tuple[dict, str]:
     """The runner's CLI inside the lab's controller namespace; returns its --json summary and output."""
     proc = subprocess.run(["ip", "netns", "exec", netns_lab.controller_netns(PREFIX), sys.executable, "-m",
-                           "bench_client.runner", "-i", str(inventory), "--json",
+                           "bench_client.orchestration.runner", "-i", str(inventory), "--json",
                            "-e", f"results_dir={lab_dir / 'results'}", *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     start = proc.stdout.rfind("\n{\n")

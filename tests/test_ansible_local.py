@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench_client.daemon import Record, group_members
-from bench_client.runner import PROJECT_DIR, run_experiment
+from bench_client.core.daemon import Record, group_members
+from bench_client.orchestration.runner import PROJECT_DIR, run_experiment
 from secrets_scan import leaks
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Unit tests of the pre-flight plan (bench_client.plan): every refusal, spans and memory sums.
+"""Unit tests of the pre-flight plan (bench_client.orchestration.plan): every refusal, spans and memory sums.
 Pure functions, no Ansible; tests/test_ansible_preflight.py runs the same refusals through Ansible."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from bench_client.models import get_model
-from bench_client.plan import PlanError, make_plan, parse_profiles
+from bench_client.core.models import get_model
+from bench_client.orchestration.plan import PlanError, make_plan, parse_profiles
 
 GIB_KB = 1024 * 1024
 
@@ -126,16 +126,16 @@ def test_shaping_profile_on_an_inventory_without_shaping():
 
 
 def test_cli_prints_plan_or_one_line_error():
-    ok = subprocess.run([sys.executable, "-m", "bench_client.plan", "--json", json.dumps(config())],
+    ok = subprocess.run([sys.executable, "-m", "bench_client.orchestration.plan", "--json", json.dumps(config())],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and json.loads(ok.stdout)["num_servers"] == 2
-    bad = subprocess.run([sys.executable, "-m", "bench_client.plan", "--json", json.dumps(config(model="x"))],
+    bad = subprocess.run([sys.executable, "-m", "bench_client.orchestration.plan", "--json", json.dumps(config(model="x"))],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown model 'x'") and bad.stderr.count("\n") == 1
 
 
 def test_a_paper_profile_spelled_out_with_its_own_values_keeps_its_name():
-    from bench_client import netem
+    from bench_client.netem import profiles as netem
 
     paper = netem.PAPER_PROFILES["paper-10ms-1gbit"]
     spelled = {"name": paper.name, "delay": f"{paper.delay_us}us", "rate": f"{paper.rate_bit}bit", "limit": paper.limit}

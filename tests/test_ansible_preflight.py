@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_client.runner import run_experiment
+from bench_client.orchestration.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from bench_client import netns_lab
-from bench_client.processes import terminate_tree
+from bench_client.netem import lab as netns_lab
+from bench_client.core.processes import terminate_tree
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench_client.models import get_model
+from bench_client.core.models import get_model
 from localswarm import LocalSwarm
 
 pytestmark = pytest.mark.slow

@@ -117,7 +117,7 @@ def test_swarm_runs_in_containers_and_cleanup_removes_exactly_ours(image):
                "netbench-base:bookworm", "sleep", "600")
 
         started = time.monotonic()
-        _container(image, run_id, "dht", names["dht"], workdir, "python", "-m", "bench_client.dht",
+        _container(image, run_id, "dht", names["dht"], workdir, "python", "-m", "bench_client.swarm.dht",
                    "--address-file", "/run/netbench/dht.maddrs", "--host-maddrs", "/ip4/127.0.0.1/tcp/0")
         maddrs = workdir / "dht.maddrs"
         deadline = time.monotonic() + 90
@@ -128,11 +128,11 @@ def test_swarm_runs_in_containers_and_cleanup_removes_exactly_ours(image):
         print(f"DHT up in {time.monotonic() - started:.1f} s: {maddrs.read_text().split()[0]}")
 
         for index, span in enumerate(("0:2", "2:4")):
-            _container(image, run_id, "server", names[f"server{index}"], workdir, "python", "-m", "bench_client.server",
+            _container(image, run_id, "server", names[f"server{index}"], workdir, "python", "-m", "bench_client.swarm.server",
                        "--model", MODEL, "--initial-peers", "@/run/netbench/dht.maddrs", "--block-indices", span,
                        "--device", "cpu", "--dtype", "float32", "--num-handlers", "2",
                        "--host-maddrs", "/ip4/127.0.0.1/tcp/0")
-        _container(image, run_id, "wait", names["wait"], workdir, "python", "-m", "bench_client.swarm", "wait",
+        _container(image, run_id, "wait", names["wait"], workdir, "python", "-m", "bench_client.swarm.blocks", "wait",
                    "--initial-peers", "@/run/netbench/dht.maddrs", "--model", MODEL, "--timeout", "180",
                    detach=False, timeout=240)
         print(f"swarm served in {time.monotonic() - started:.1f} s")

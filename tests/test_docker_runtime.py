@@ -94,7 +94,7 @@ def test_site_in_containers_idempotent_and_clean(tmp_path):
             assert {"Source": str(workdir), "Destination": str(workdir)}.items() <= \
                 next(m for m in state["Mounts"] if m["Destination"] == str(workdir)).items(), state["Mounts"]
             assert state["HostConfig"]["DeviceRequests"] is None, name  # CPU host: no --gpus
-            assert state["Config"]["Cmd"][:3] == ["python", "-m", "bench_client.dht" if "dht" in name else "bench_client.server"]
+            assert state["Config"]["Cmd"][:3] == ["python", "-m", "bench_client.swarm.dht" if "dht" in name else "bench_client.swarm.server"]
         # the one-shot containers (the wait for the swarm, the client) are gone
         assert ours(run_id, **{"netbench.role": "client"}) == [] and ours(run_id, **{"netbench.role": "wait"}) == []
 

@@ -8,12 +8,12 @@ from collections import Counter
 
 import pytest
 
-from bench_client import metrics
-from bench_client.metrics import GenerateTiming
-from bench_client.models import MODELS, get_model, parse_block_span, split_blocks, validate_dht_prefix
-from bench_client.peers import PeerError, resolve_initial_peers
-from bench_client.results import ResultsFileError, ResultsWriter, TsvRow, metadata_path_for, read_tsv
-from bench_client.sweep import SweepPoint, attention_cache_tokens, build_sweep, parse_token_sweep, remaining
+from bench_client.core import metrics
+from bench_client.core.metrics import GenerateTiming
+from bench_client.core.models import MODELS, get_model, parse_block_span, split_blocks, validate_dht_prefix
+from bench_client.swarm.peers import PeerError, resolve_initial_peers
+from bench_client.core.results import ResultsFileError, ResultsWriter, TsvRow, metadata_path_for, read_tsv
+from bench_client.core.sweep import SweepPoint, attention_cache_tokens, build_sweep, parse_token_sweep, remaining
 
 PEER = "/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9"
 
@@ -206,7 +206,7 @@ def test_server_refuses_bad_input(args, message):
     base = ["--model", "netbench/tiny", "--initial-peers", PEER]
     if "--initial-peers" in args:
         base = base[:2]
-    result = subprocess.run([sys.executable, "-m", "bench_client.server", *base, *args], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "bench_client.swarm.server", *base, *args], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
@@ -223,7 +223,7 @@ def test_unusable_bitsandbytes_gets_a_placeholder_and_quantisation_is_refused(tm
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "0+unavailable | RuntimeError: CUDA Setup failed" in result.stdout
-    refused = subprocess.run([sys.executable, "-m", "bench_client.server", "--model", "netbench/tiny",
+    refused = subprocess.run([sys.executable, "-m", "bench_client.swarm.server", "--model", "netbench/tiny",
                               "--initial-peers", PEER, "--block-indices", "0:2", "--dtype", "nf4", "--device", "cuda"],
                              capture_output=True, text=True, env=env, timeout=120)
     assert refused.returncode == 2
@@ -270,7 +270,7 @@ def test_bench_engine_step_runs_real_blocks_and_prints_numbers():
     with dummy weights, a measured window, numbers out; --kernels needs CUDA and says so."""
     import json
 
-    base = [sys.executable, "-m", "bench_client.bench_engine", "step", "--model", "netbench/tiny", "--device", "cpu",
+    base = [sys.executable, "-m", "bench_client.swarm.engine_bench", "step", "--model", "netbench/tiny", "--device", "cpu",
             "--dtype", "float32", "--blocks", "2", "--past", "16", "--seconds", "0.5"]
     result = subprocess.run(base, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

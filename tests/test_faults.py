@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench_client.results import read_metadata, read_tsv
+from bench_client.core.results import read_metadata, read_tsv
 from localswarm import LocalSwarm, Managed, group_members
 from secrets_scan import key_fragments, leaks
 
@@ -93,7 +93,7 @@ def sweep_args(lengths: list[int], new_tokens: int, micro_batches: int, max_retr
 
 
 def swarm_info(swarm: LocalSwarm) -> dict:
-    result = swarm.run_module(["bench_client.swarm", "info", "--initial-peers", *swarm.initial_peers,
+    result = swarm.run_module(["bench_client.swarm.blocks", "info", "--initial-peers", *swarm.initial_peers,
                                "--model", MODEL, "--connect-timeout", "15"], timeout=90)
     assert result.returncode == 0, result.stderr[-2000:]
     # libraries may print warnings on stdout at import (bitsandbytes on CPU hosts): the JSON comes last
@@ -225,7 +225,7 @@ def start_dht_at(swarm: LocalSwarm, port: int, identity: Path, *extra: str) -> M
     swarm.address_file = swarm.workdir / "dht.maddrs"
     swarm.address_file.unlink(missing_ok=True)
     dht = swarm.start(f"dht-{len(swarm.processes)}", [
-        "-m", "bench_client.dht", "--address-file", str(swarm.address_file),
+        "-m", "bench_client.swarm.dht", "--address-file", str(swarm.address_file),
         "--host-maddrs", f"/ip4/127.0.0.1/tcp/{port}", "--identity-path", str(identity), *extra])
     deadline = time.monotonic() + 90
     while not swarm.address_file.exists():

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from bench_client import netns_lab
-from bench_client.processes import start_ticks
+from bench_client.netem import lab as netns_lab
+from bench_client.core.processes import start_ticks
 
 pytestmark = pytest.mark.root
 PREFIX = f"nbs{os.getpid() % 10000}"
 
 
 def lab_cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench_client.netns_lab", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bench_client.netem.lab", *argv], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "NETBENCH_LAB_PREFIX": PREFIX})
 
 

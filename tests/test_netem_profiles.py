@@ -1,4 +1,4 @@
-"""bench_client.netem and the netem role's filters, without a kernel: profile parsing, safety
+"""bench_client.netem.profiles and the netem role's filters, without a kernel: profile parsing, safety
 floors, tc command lines, idempotence against recorded `tc -j qdisc show` output, measurements.
 
 The recorded qdisc JSON comes from real kernels: netem from the test VMs' Debian 6.1 cloud kernel
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_client import netem
+from bench_client.netem import profiles as netem
 
 ROOT = Path(__file__).resolve().parents[1]
 

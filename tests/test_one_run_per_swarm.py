@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench_client.daemon import Record, is_running
-from bench_client.results import read_metadata, read_tsv
-from bench_client.runner import run_experiment
+from bench_client.core.daemon import Record, is_running
+from bench_client.core.results import read_metadata, read_tsv
+from bench_client.orchestration.runner import run_experiment
 
 TOKENS = 24  # the sweep: prompt 16 with 0..23 new tokens, long enough to be caught running
 
@@ -29,7 +29,7 @@ def test_second_run_refused_and_interrupted_run_taken_over(tmp_path):
     out = results / "first" / "none" / "out.tsv"
     remote = workdir / "results" / "first" / "none" / "out.tsv"
     pidfile = workdir / "run" / "client.pid"
-    first = subprocess.Popen([sys.executable, "-m", "bench_client.runner", "--run-id", "first", "-e",
+    first = subprocess.Popen([sys.executable, "-m", "bench_client.orchestration.runner", "--run-id", "first", "-e",
                               json.dumps(common)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     try:

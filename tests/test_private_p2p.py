@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_client.processes import descendants, terminate
+from bench_client.core.processes import descendants, terminate
 
 pytestmark = pytest.mark.root
 NS = f"safetyp2p{os.getpid() % 10000}"
@@ -58,7 +58,7 @@ def test_dht_sends_no_nat_port_mapping_and_runs_p2pd_private(namespace, tmp_path
     capture = subprocess.Popen(ns(sys.executable, "-c", CAPTURE, "25"), stdout=subprocess.PIPE, text=True)
     assert capture.stdout is not None and capture.stdout.readline().strip() == "ready"
     address = tmp_path / "dht.maddrs"
-    dht = subprocess.Popen(ns(sys.executable, "-m", "bench_client.dht", "--address-file", str(address),
+    dht = subprocess.Popen(ns(sys.executable, "-m", "bench_client.swarm.dht", "--address-file", str(address),
                               "--host-maddrs", "/ip4/0.0.0.0/tcp/0"),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from bench_client.models import get_model
-from bench_client.report import main
-from bench_client.report_reference import PAPER_ANCHORS, gpu_bandwidth_gbps, roofline_tokens_per_s_per_gpu
-from bench_client.report_table import CSV_COLUMNS
+from bench_client.core.models import get_model
+from bench_client.report.cli import main
+from bench_client.report.reference import PAPER_ANCHORS, gpu_bandwidth_gbps, roofline_tokens_per_s_per_gpu
+from bench_client.report.table import CSV_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = "NVIDIA H100 80GB HBM3"
@@ -31,7 +31,7 @@ OPT30B_FP16_BYTES = get_model("facebook/opt-30b").model_bytes("float16")
 def record(b, mb, p, prompt, new, throughput, latency, *, model="facebook/opt-30b", profile="10ms-1gbit",
            num_gpus=4, gpus=None, source="dht-gpus", dtype="float16", status="ok", error=None, run_id="run-1",
            per_token=True):
-    """A schema-1 metadata record as bench_client.client writes it (docs/architecture.md, section Results):
+    """A schema-1 metadata record as bench_client.client.cli writes it (docs/architecture.md, section Results):
     server_gpus holds one "host/device: name" per distinct GPU."""
     if gpus is None:
         gpus = [f"gpu{i}/cuda:0: {H100}" for i in range(num_gpus)]
@@ -442,7 +442,7 @@ def test_plots_are_real_readable_pngs_one_per_sweep(results_dir: Path, tmp_path:
 
 def test_command_line_writes_beside_the_results_and_keeps_other_files(results_dir: Path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "bench_client.report", str(results_dir)], env=env,
+    done = subprocess.run([sys.executable, "-m", "bench_client.report.cli", str(results_dir)], env=env,
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
     out = results_dir / "report"

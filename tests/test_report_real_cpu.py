@@ -2,8 +2,8 @@
 
 Produced on 2026-11-26 07:18 UTC on the 2-core development VM (no GPU) with the shared working tree's
 bench_client (client, server and dht modules as then uncommitted, foundation commit 6eff882):
-  python -m bench_client.dht --address-file dht.addr --host-maddrs /ip4/127.0.0.1/tcp/0
-  python -m bench_client.server --model netbench/tiny --initial-peers @dht.addr --block-indices 0:2 \\
+  python -m bench_client.swarm.dht --address-file dht.addr --host-maddrs /ip4/127.0.0.1/tcp/0
+  python -m bench_client.swarm.server --model netbench/tiny --initial-peers @dht.addr --block-indices 0:2 \\
       --dtype float32 --device cpu --host-maddrs /ip4/127.0.0.1/tcp/0        (and a second one with 2:4)
   python -m bench_client --initial_peers @dht.addr --prefix netbench/tiny -b 1 --num-micro-batches 2 \\
       --num-processes 2 --output results/cpu-run/none/out.tsv --prompt-lengths 16 --new-tokens 4 \\
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_client.report import main
+from bench_client.report.cli import main
 
 REAL_TSV = '1\t2\t2\t16\t4\t17.588345860019256\t0.4213417965000019\n1\t2\t2\t16\t0\t0.0\t0.18332028450001303\n1\t2\t2\t16\t1\t10.676715220906525\t0.16505114725003978\n1\t2\t2\t16\t2\t13.964902885874395\t0.27036613524998643\n1\t2\t2\t16\t3\t12.509350244144946\t0.4648570250000432\n1\t2\t2\t16\t4\t18.279969820866935\t0.4317787667499431\n'
 

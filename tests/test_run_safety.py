@@ -19,9 +19,9 @@ from typing import Callable
 
 import pytest
 
-from bench_client.daemon import Record, is_running
-from bench_client.processes import start_ticks
-from bench_client.results import ResultsWriter, TsvRow
+from bench_client.core.daemon import Record, is_running
+from bench_client.core.processes import start_ticks
+from bench_client.core.results import ResultsWriter, TsvRow
 
 PEER = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9"
 MEASURED = {"model": "netbench/tiny", "dht_prefix": "netbench/tiny", "client_dtype": "float32",
@@ -118,7 +118,7 @@ def test_same_configuration_resumes_and_the_lock_is_released(tmp_path):
 
 
 def _daemon_run(pidfile: Path, *argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench_client.daemon", "run", "--pidfile", str(pidfile), "--",
+    return subprocess.Popen([sys.executable, "-m", "bench_client.core.daemon", "run", "--pidfile", str(pidfile), "--",
                              *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
@@ -159,7 +159,7 @@ def test_daemon_run_refuses_another_command_and_takes_over_the_same(tmp_path):
 
 def test_rows_from_a_swarm_with_other_weights_are_not_resumed(tmp_path):
     """The check the client makes once connected: the swarm's weight dtype is the rows' (real writer)."""
-    from bench_client.results import ResultsFileError
+    from bench_client.core.results import ResultsFileError
 
     rows_of(weight_dtype="float32")(tmp_path)
     writer = ResultsWriter(tmp_path / "out.tsv")

@@ -1,4 +1,4 @@
-"""bench_client.runner's own logic: event handling (progress and failures), -e parsing, errors.
+"""bench_client.orchestration.runner's own logic: event handling (progress and failures), -e parsing, errors.
 The wrapper's real runs are in tests/test_ansible_local.py and test_ansible_emulated.py."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from bench_client.runner import ProgressPrinter, _parse_extravar, build_parser, failure_message, playbook_error
+from bench_client.orchestration.runner import ProgressPrinter, _parse_extravar, build_parser, failure_message, playbook_error
 
 
 def event(kind, **data):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench_client.results import TSV_COLUMNS, read_metadata, read_tsv
+from bench_client.core.results import TSV_COLUMNS, read_metadata, read_tsv
 from localswarm import LocalSwarm
 
 pytestmark = pytest.mark.slow
@@ -107,7 +107,7 @@ def test_model_nobody_serves_is_a_clear_error(swarm, tmp_path):
 
 
 def test_swarm_info_and_wait_name_missing_blocks(swarm):
-    info = swarm.run_module(["bench_client.swarm", "info", "--initial-peers", *swarm.initial_peers, "--model", MODEL])
+    info = swarm.run_module(["bench_client.swarm.blocks", "info", "--initial-peers", *swarm.initial_peers, "--model", MODEL])
     assert info.returncode == 0, info.stderr[-2000:]
     data = json.loads(info.stdout)
     assert data["missing_blocks"] == [] and data["num_online_servers"] == 2
@@ -116,7 +116,7 @@ def test_swarm_info_and_wait_name_missing_blocks(swarm):
     # OPT-125m has 12 blocks; serve only 0:3 of it and ask for all
     partial = swarm.start_server("partial-125m", "facebook/opt-125m", "0:3", "--inference-max-length", "64")
     try:
-        wait = swarm.run_module(["bench_client.swarm", "wait", "--initial-peers", *swarm.initial_peers,
+        wait = swarm.run_module(["bench_client.swarm.blocks", "wait", "--initial-peers", *swarm.initial_peers,
                                  "--model", "facebook/opt-125m", "--timeout", "25"])
         assert wait.returncode == 3
         assert "blocks 3:12 of facebook/opt-125m" in wait.stderr

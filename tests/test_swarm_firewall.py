@@ -58,7 +58,7 @@ def lab(tmp_path):
 def start_dht(lab) -> subprocess.Popen:
     address_file = lab["dir"] / "dht.maddrs"
     log = open(lab["dir"] / "dht.log", "wb")
-    dht = subprocess.Popen(["ip", "netns", "exec", lab["host"], sys.executable, "-m", "bench_client.dht",
+    dht = subprocess.Popen(["ip", "netns", "exec", lab["host"], sys.executable, "-m", "bench_client.swarm.dht",
                             "--port", str(DHT_PORT), "--address-file", str(address_file)],
                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     log.close()

@@ -2,7 +2,7 @@
 
     python docs/results/gpu/cpu_sample.py WORKDIR/pids.json --seconds 10 > cpu.json
 
-pids.json is written by ``bench_client.local_swarm`` (name -> PID of each process group leader:
+pids.json is written by ``bench_client.swarm.local`` (name -> PID of each process group leader:
 dht, server-N, client). Every live member of those process groups and their descendants is
 sampled twice, ``--seconds`` apart; the result is percent of one core per process and per role.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from bench_client import daemon
+from bench_client.core import daemon
 
 
 def members(pids: dict[str, int]) -> dict[int, str]:

@@ -12,7 +12,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 python3 -m pip install -q --no-index --no-deps --target /tmp/tools .whl/tools/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 NETBENCH_MODELS_DIR=/tmp/netbench-models
 work=/tmp/prof; rm -rf "$work"
-python3 -m bench_client.local_swarm --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
+python3 -m bench_client.swarm.local --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
   --num-handlers 4 --workdir "$work" -- -b 2 --num-processes 6 --num-micro-batches "${MICRO_BATCHES:-2}" --output "$work/out.tsv" \
   --prompt-lengths 512 --new-tokens "${NEW_TOKENS:-128}" --token-sweep none --num-gpus 1 > "$out/client.log" 2>&1 &
 swarm=$!
@@ -23,7 +23,7 @@ server=$(pid_of server-1)
 # a client worker: a multiprocessing child running python (not the resource tracker or a p2pd)
 worker=$(python3 -c "
 from pathlib import Path
-from bench_client import daemon
+from bench_client.core import daemon
 workers = [p for p in daemon.descendants([$(pid_of client)]) if b'spawn_main' in Path(f'/proc/{p}/cmdline').read_bytes()
            and b'resource_tracker' not in Path(f'/proc/{p}/cmdline').read_bytes()]
 print(workers[0])")

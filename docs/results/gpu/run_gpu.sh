@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 swarm_env=()  # VAR=VALUE for the swarm's processes
 swarm() {  # swarm NAME MODEL SERVERS -- client args...
   local name="$1" model="$2" servers="$3"; shift 3
-  env "${swarm_env[@]}" python3 -m bench_client.local_swarm --model "$model" --servers "$servers" --device cuda --dtype float16 \
+  env "${swarm_env[@]}" python3 -m bench_client.swarm.local --model "$model" --servers "$servers" --device cuda --dtype float16 \
     --num-handlers 4 --workdir "/tmp/work-$name" "$@" 2>&1 | grep -vE "FutureWarning|_register_pytree_node|bloom-license" \
     | tee "$out/$name.log"
   local rc=${PIPESTATUS[0]}
@@ -20,7 +20,7 @@ swarm() {  # swarm NAME MODEL SERVERS -- client args...
   mkdir -p "$out/logs-$name"; cp /tmp/work-"$name"/*.log "$out/logs-$name/" 2>/dev/null || true
   return "$rc"
 }
-step() {  # step [VAR=VALUE] python3 -m bench_client.bench_engine step ...: one JSON line in step.jsonl
+step() {  # step [VAR=VALUE] python3 -m bench_client.swarm.engine_bench step ...: one JSON line in step.jsonl
   env "$@" | python3 -c "import json, sys; print(json.dumps(json.load(sys.stdin)))" >> "$out/step.jsonl"
 }
 case "$stage" in
@@ -29,7 +29,7 @@ case "$stage" in
       --new-tokens 4 --token-sweep none
     ;;
   blocks)
-    python3 -m bench_client.bench_engine blocks --model facebook/opt-30b --device cuda --dtype float16 --blocks 12 | tee "$out/blocks-opt30b.json"
+    python3 -m bench_client.swarm.engine_bench blocks --model facebook/opt-30b --device cuda --dtype float16 --blocks 12 | tee "$out/blocks-opt30b.json"
     ;;
   opt6.7b)
     for setting in "-b 2 --num-micro-batches 1" "-b 1 --num-micro-batches 2"; do
@@ -79,7 +79,7 @@ case "$stage" in
   step)
     # The GPU side of a server's decode step without Petals' networking (bench_engine step): OPT-30B
     # blocks, batch 2, 528 cached tokens; one JSON line per measurement in step.jsonl.
-    bench="python3 -m bench_client.bench_engine step --model facebook/opt-30b --device cuda --dtype float16"
+    bench="python3 -m bench_client.swarm.engine_bench step --model facebook/opt-30b --device cuda --dtype float16"
     step $bench --blocks 12 --kernels                          # one server's 12 blocks
     step NETBENCH_UPSTREAM_ALIBI=1 $bench --blocks 12 --kernels  # the same with transformers' alibi
     step $bench --blocks 48                                    # one process holding the whole model
@@ -88,7 +88,7 @@ case "$stage" in
     ;;
   prefill)
     # The GPU side of the prefill (bench_engine step --past 0 --tokens 512): batch 2 x 512 tokens
-    bench="python3 -m bench_client.bench_engine step --model facebook/opt-30b --device cuda --dtype float16 --past 0"
+    bench="python3 -m bench_client.swarm.engine_bench step --model facebook/opt-30b --device cuda --dtype float16 --past 0"
     step $bench --blocks 12 --tokens 512 --kernels
     step $bench --blocks 48 --tokens 512
     step $bench --blocks 12 --tokens 512 --processes 4

@@ -1,4 +1,4 @@
-"""Thin Jinja filters over bench_client.netem (the pure, unit-tested logic) for the netem role."""
+"""Thin Jinja filters over bench_client.netem.profiles (the pure, unit-tested logic) for the netem role."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 from ansible.errors import AnsibleFilterError
 
 try:
-    from bench_client import netem
+    from bench_client.netem import profiles as netem
 except ImportError:  # a controller without the package installed: use the checkout this role lives in
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
-    from bench_client import netem
+    from bench_client.netem import profiles as netem
 
 
 def _profile(data: Any) -> netem.Profile | None:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from bench_client.processes import write_atomically
+from bench_client.core.processes import write_atomically
 
 # petals.constants.PUBLIC_INITIAL_PEERS identify themselves by these peer IDs and host names.
 _PUBLIC_MARKERS = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bench_client.models import ModelSpec, bytes_per_weight
+from bench_client.core.models import ModelSpec, bytes_per_weight
 
 # The paper's workload for Table 17 and its anchors (FlexLLMGen benchmark/petals README; T4 16 GB).
 PAPER_PROMPT_LENGTH = 512

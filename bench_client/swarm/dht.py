@@ -1,6 +1,6 @@
 """DHT bootstrap peer: petals' own ``run_dht`` CLI, plus its multiaddrs written to a file.
 
-    python -m bench_client.dht --address-file /run/netbench/dht.maddrs [--host-maddrs ...] \
+    python -m bench_client.swarm.dht --address-file /run/netbench/dht.maddrs [--host-maddrs ...] \
         [--join-peers-file /run/netbench/servers.maddrs]
 
 The file (one multiaddr per line) appears atomically once the DHT is up; Ansible and the tests read
@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 from bench_client import compat
-from bench_client.peers import PeerError, read_address_file, resolve_initial_peers, write_address_file
-from bench_client.processes import exit_on_sigterm, fail
+from bench_client.swarm.peers import PeerError, read_address_file, resolve_initial_peers, write_address_file
+from bench_client.core.processes import exit_on_sigterm, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.dht", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.swarm.dht", description=__doc__.split("\n")[0])
     parser.add_argument("--address-file", required=True, help="where to write this peer's multiaddrs")
     parser.add_argument("--host-maddrs", nargs="+", default=None, help="listen addresses (default: all, random port)")
     parser.add_argument("--announce-maddrs", nargs="+", default=None, help="addresses announced to other peers")

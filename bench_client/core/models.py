@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_client.processes import write_atomically
+from bench_client.core.processes import write_atomically
 
 VOCAB_SIZE = 50272  # OPT's vocabulary, used by every model here (as in the paper's fork)
 

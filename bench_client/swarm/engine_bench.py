@@ -1,8 +1,8 @@
 """Engine benchmarks (numbers, not pass/fail):
 
-    python -m bench_client.bench_engine tiny            # CPU: swarm start-up, tokens/s, client CPU time per token
-    python -m bench_client.bench_engine blocks --model facebook/opt-30b --device cuda --blocks 12
-    python -m bench_client.bench_engine step --model facebook/opt-30b --device cuda --blocks 12 --processes 4
+    python -m bench_client.swarm.engine_bench tiny            # CPU: swarm start-up, tokens/s, client CPU time per token
+    python -m bench_client.swarm.engine_bench blocks --model facebook/opt-30b --device cuda --blocks 12
+    python -m bench_client.swarm.engine_bench step --model facebook/opt-30b --device cuda --blocks 12 --processes 4
 
 ``tiny`` starts a DHT and two servers of the tiny model on loopback, runs the client with the
 seed's flags (-b 1 --num-micro-batches 2, 2 processes) and reports the client's CPU seconds per
@@ -36,8 +36,8 @@ def children_cpu_seconds() -> float:
 
 
 def bench_tiny(args: argparse.Namespace) -> dict:
-    from bench_client.local_swarm import LocalSwarm
-    from bench_client.results import read_metadata
+    from bench_client.swarm.local import LocalSwarm
+    from bench_client.core.results import read_metadata
 
     model = "netbench/tiny"
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,8 +91,8 @@ def _dummy_blocks(model: str, device: str, dtype_name: str, count: int):
     import petals.server.server as petals_server
     from petals import DistributedBloomConfig
 
-    from bench_client.models import get_model, write_model_dir
-    from bench_client.server import install_dummy_weights
+    from bench_client.core.models import get_model, write_model_dir
+    from bench_client.swarm.server import install_dummy_weights
 
     spec = get_model(model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +170,7 @@ def bench_step(args: argparse.Namespace) -> dict:
         return common | _step_one_process(args)
     # N processes, each its own CUDA context, as N servers on one GPU; the measured windows coincide
     start_at = time.time() + args.startup
-    argv = [sys.executable, "-m", "bench_client.bench_engine", "step", "--model", args.model, "--device", args.device,
+    argv = [sys.executable, "-m", "bench_client.swarm.engine_bench", "step", "--model", args.model, "--device", args.device,
             "--dtype", args.dtype, "--blocks", str(args.blocks), "--batch", str(args.batch), "--past", str(args.past),
             "--tokens", str(args.tokens),
             "--seconds", str(args.seconds), "--start-at", str(start_at), "--processes", "1"]
@@ -183,7 +183,7 @@ def bench_step(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench_client.bench_engine", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.engine_bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny")
     tiny.add_argument("--new-tokens", type=int, default=16)

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_client.sweep import SweepPoint
+from bench_client.core.sweep import SweepPoint
 
 TSV_COLUMNS = ("batch_size", "num_micro_batches", "num_processes", "prompt_length", "new_tokens",
                "total_throughput", "mean_generate_latency_s")

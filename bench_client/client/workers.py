@@ -15,8 +15,8 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from bench_client.metrics import GenerateTiming
-from bench_client.processes import terminate_tree
+from bench_client.core.metrics import GenerateTiming
+from bench_client.core.processes import terminate_tree
 
 
 @dataclass(frozen=True)

@@ -19,16 +19,16 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_client import environment
-from bench_client.metrics import GenerateTiming, summarize
-from bench_client.models import UnknownModelError, get_model, write_model_dir
-from bench_client.peers import PeerError, resolve_initial_peers
-from bench_client.processes import fail
-from bench_client.results import SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
-from bench_client.server import DEFAULT_MODELS_DIR
-from bench_client.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining
-from bench_client.swarm import EXIT_MISSING_BLOCKS, EXIT_UNREACHABLE, SwarmView, connect, format_ranges, inspect
-from bench_client.workers import Task, WorkerError, WorkerPool, WorkerSpec
+from bench_client.core import environment
+from bench_client.core.metrics import GenerateTiming, summarize
+from bench_client.core.models import UnknownModelError, get_model, write_model_dir
+from bench_client.swarm.peers import PeerError, resolve_initial_peers
+from bench_client.core.processes import fail
+from bench_client.core.results import SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
+from bench_client.swarm.server import DEFAULT_MODELS_DIR
+from bench_client.core.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining
+from bench_client.swarm.blocks import EXIT_MISSING_BLOCKS, EXIT_UNREACHABLE, SwarmView, connect, format_ranges, inspect
+from bench_client.client.workers import Task, WorkerError, WorkerPool, WorkerSpec
 
 EXIT_MEASUREMENT_FAILED = 5
 
@@ -50,7 +50,7 @@ def non_negative_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench_client", description=__doc__.split("\n")[0])
     # the original flags, unchanged
-    p.add_argument("--initial_peers", "--initial-peers", nargs="*", help="DHT multiaddrs (or @FILE from bench_client.dht)")
+    p.add_argument("--initial_peers", "--initial-peers", nargs="*", help="DHT multiaddrs (or @FILE from bench_client.swarm.dht)")
     p.add_argument("--prefix", default="facebook/opt-175b", help="model name, as in the original (e.g. facebook/opt-30b)")
     p.add_argument("--batch-size", "-b", default=1, type=positive_int, help="sequences per generate() call")
     p.add_argument("--num-micro-batches", default=1, type=positive_int, help="sequential generate() calls per process")

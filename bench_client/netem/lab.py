@@ -1,9 +1,9 @@
 """An emulated multi-host cluster on one machine (root): every host a network namespace with its
 own address and its own sshd, all on a bridge inside a controller namespace the lab owns.
 
-    python -m bench_client.netns_lab up --dir /tmp/netbench-lab --hosts 3     # writes DIR/hosts.yml
+    python -m bench_client.netem.lab up --dir /tmp/netbench-lab --hosts 3     # writes DIR/hosts.yml
     ip netns exec nbl-ctl petals-netbench -i /tmp/netbench-lab/hosts.yml -p none,rate20 ...
-    python -m bench_client.netns_lab down --dir /tmp/netbench-lab
+    python -m bench_client.netem.lab down --dir /tmp/netbench-lab
 
 Ansible runs inside the controller namespace (``nbl-ctl``) and reaches the hosts over real ssh; no
 traffic leaves the namespaces the lab made. The first host plays the DHT and the client, the others
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_client.processes import Identity, stop_processes, terminate
+from bench_client.core.processes import Identity, stop_processes, terminate
 
 PREFIX = os.environ.get("NETBENCH_LAB_PREFIX", "nbl")
 SUBNET = os.environ.get("NETBENCH_LAB_SUBNET", "10.213.0")  # /24 inside the lab's own namespaces only
@@ -142,7 +142,7 @@ def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_pe
         }
     }
     return write_file(lab_dir, "hosts.yml",
-                      "# written by python -m bench_client.netns_lab up\n" + json.dumps(inventory, indent=2) + "\n")
+                      "# written by python -m bench_client.netem.lab up\n" + json.dumps(inventory, indent=2) + "\n")
 
 
 def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_host: int = 1,
@@ -309,7 +309,7 @@ def leftovers(host: LabHost) -> tuple[dict[int, str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.netns_lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.netem.lab", description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, required=True, help="lab state: keys, sshd configs, hosts.yml")
     parser.add_argument("--hosts", type=int, default=3)

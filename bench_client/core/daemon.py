@@ -1,9 +1,9 @@
 """Start, stop and inspect long-running processes by process group, for the Ansible roles.
 
-    python -m bench_client.daemon start --pidfile P --log L [--ready-file F] [--env K=V ...] -- CMD ...
-    python -m bench_client.daemon stop --pidfile P [--timeout S]
-    python -m bench_client.daemon status --pidfile P
-    python -m bench_client.daemon run --pidfile P -- CMD ...   # foreground; no leftovers
+    python -m bench_client.core.daemon start --pidfile P --log L [--ready-file F] [--env K=V ...] -- CMD ...
+    python -m bench_client.core.daemon stop --pidfile P [--timeout S]
+    python -m bench_client.core.daemon status --pidfile P
+    python -m bench_client.core.daemon run --pidfile P -- CMD ...   # foreground; no leftovers
 
 Each process is started in its own session (so it leads a new process group) and its PID, PGID,
 start time and command line are recorded in a JSON pidfile. ``stop`` signals the whole group
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_client.processes import (ProcessError, Identity, boot_id, descendants, group_members, start_ticks,
+from bench_client.core.processes import (ProcessError, Identity, boot_id, descendants, group_members, start_ticks,
                                     terminate, write_atomically)
 
 
@@ -211,7 +211,7 @@ def _reap() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.daemon", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.core.daemon", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
     p_start = sub.add_parser("start", help="start CMD in its own session unless it already runs")
     p_start.add_argument("--pidfile", required=True, type=Path)

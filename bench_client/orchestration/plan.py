@@ -3,7 +3,7 @@
 The Ansible pre-flight play collects the inventory (groups, per-host devices, memory, GPUs found by
 a read-only probe) and the user's choices (model, dtype, profiles), and calls
 
-    python -m bench_client.plan --json '{...}'        # or --file plan-input.json
+    python -m bench_client.orchestration.plan --json '{...}'        # or --file plan-input.json
 
 which prints the plan as JSON (servers with their block spans and ports, profiles, memory sums)
 or exits with code 2 and ONE line ``error: <what is wrong and what to fix>``. Everything here is
@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bench_client import netem
-from bench_client.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
-from bench_client.sweep import parse_token_sweep
+from bench_client.netem import profiles as netem
+from bench_client.core.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
+from bench_client.core.sweep import parse_token_sweep
 
 GROUPS = ("dht", "servers", "clients")
 RUNTIMES = ("process", "docker")
@@ -38,7 +38,7 @@ class PlanError(ValueError):
 def resolve_profile(item: Any) -> dict[str, Any]:
     """A profile name or a custom dict -> ``{"name", "netem", "describe"}``.
 
-    ``netem`` is what the netem role takes as netem_profile (None: no shaping); bench_client.netem
+    ``netem`` is what the netem role takes as netem_profile (None: no shaping); bench_client.netem.profiles
     owns the profile table, the tc unit syntax and the safety floors.
     """
     try:
@@ -320,7 +320,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.plan", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.plan", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--json", help="the plan input as a JSON string")
     source.add_argument("--file", help="the plan input as a JSON file")

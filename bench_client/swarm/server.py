@@ -1,7 +1,7 @@
 """A Petals server for one block span of an OPT-sized model: petals' own ``run_server`` CLI with
 dummy weights built directly on the target device (as the paper's fork served OPT sizes).
 
-    python -m bench_client.server --model facebook/opt-30b --block-indices 0:12 \
+    python -m bench_client.swarm.server --model facebook/opt-30b --block-indices 0:12 \
         --initial-peers /ip4/10.0.0.1/tcp/31337/p2p/Qm... --dtype float16 --device cuda:0 \
         [--address-file /run/netbench/server0.maddrs] [-- EXTRA]
 
@@ -21,18 +21,18 @@ import time
 from pathlib import Path
 
 from bench_client import compat
-from bench_client.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, ModelSpec, get_model, parse_block_span, write_model_dir
-from bench_client.peers import PeerError, resolve_initial_peers, write_address_file
-from bench_client.processes import exit_on_sigterm, fail
+from bench_client.core.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, ModelSpec, get_model, parse_block_span, write_model_dir
+from bench_client.swarm.peers import PeerError, resolve_initial_peers, write_address_file
+from bench_client.core.processes import exit_on_sigterm, fail
 
 DEFAULT_MODELS_DIR = Path(os.environ.get("NETBENCH_MODELS_DIR", Path.home() / ".cache" / "petals-netbench" / "models"))
 PUBLIC_NAME_PREFIX = "netbench"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench_client.server", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="e.g. facebook/opt-30b (see bench_client.models)")
-    p.add_argument("--initial-peers", nargs="+", required=True, help="DHT multiaddrs, or @FILE written by bench_client.dht")
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.server", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="e.g. facebook/opt-30b (see bench_client.core.models)")
+    p.add_argument("--initial-peers", nargs="+", required=True, help="DHT multiaddrs, or @FILE written by bench_client.swarm.dht")
     p.add_argument("--block-indices", required=True, help="START:END, the blocks this server holds")
     p.add_argument("--dtype", default="float16", choices=sorted(WEIGHT_DTYPES), help="weight format")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
@@ -171,7 +171,7 @@ def join_with_retries(timeout: float, delay: float = 3.0) -> None:
                 except Exception as exc:  # hivemind's P2PDaemonError, raised again from the DHT's process
                     if "failed to connect to bootstrap peers" not in str(exc) or time.monotonic() + delay > deadline:
                         raise
-                    print(f"[bench_client.server] no initial peer answers yet; trying again in {delay:.0f} s",
+                    print(f"[bench_client.swarm.server] no initial peer answers yet; trying again in {delay:.0f} s",
                           file=sys.stderr, flush=True)
                     time.sleep(delay)
         return attempt

@@ -16,9 +16,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from bench_client import compat
-from bench_client.models import ModelSpec, get_model
-from bench_client.peers import PeerError, resolve_initial_peers
-from bench_client.processes import fail
+from bench_client.core.models import ModelSpec, get_model
+from bench_client.swarm.peers import PeerError, resolve_initial_peers
+from bench_client.core.processes import fail
 
 EXIT_MISSING_BLOCKS = 3
 EXIT_UNREACHABLE = 4
@@ -42,7 +42,7 @@ class ServerView:
 
     @property
     def gpu(self) -> str | None:
-        """'host/device: name' for servers started by bench_client.server, None for others."""
+        """'host/device: name' for servers started by bench_client.swarm.server, None for others."""
         parts = (self.public_name or "").split("|")
         if len(parts) >= 4 and parts[0] == "netbench":
             return f"{parts[1]}/{parts[2]}: {parts[3]}"

@@ -3,7 +3,7 @@
     petals-netbench                                   # local inventory, tiny model, no shaping
     petals-netbench -i inventory/emulated/hosts.yml -m facebook/opt-30b -p none,10ms-100mbit
     petals-netbench --cleanup                         # the cleanup tag: stop everything of ours
-    python -m bench_client.runner -e bench_client_new_tokens=8 --tags swarm,bench,fetch
+    python -m bench_client.orchestration.runner -e bench_client_new_tokens=8 --tags swarm,bench,fetch
 
 Prints one line per finished task and host while the play runs, every failure with its host, task
 and message as it happens, and at the end where the fetched results are
@@ -171,7 +171,7 @@ def run_experiment(
     """Run ``playbook`` with ansible-runner and return the outcome and where the results are."""
     import ansible_runner  # imported here so `--help` and the pure helpers stay fast
 
-    from bench_client.plan import check_run_id
+    from bench_client.orchestration.plan import check_run_id
 
     project = Path(project_dir).resolve()
     inventory_path = Path(inventory or project / DEFAULT_INVENTORY)

@@ -2,7 +2,7 @@
 in its own process group, stopped by process group. Used by the tests, by the engine benchmark and
 for single-host GPU runs (several servers on one GPU emulate a multi-GPU swarm):
 
-    python -m bench_client.local_swarm --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
+    python -m bench_client.swarm.local --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
         --workdir runs/opt30b -- -b 1 --num-micro-batches 2 --num-processes 6 --output runs/opt30b/out.tsv
 
 Everything after ``--`` goes to the benchmark client (``python -m bench_client``); the initial peers
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from bench_client import daemon
+from bench_client.core import daemon
 
 PYTHON = sys.executable
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -59,7 +59,7 @@ class LocalSwarm:
 
     def start_dht(self, timeout: float = 60.0) -> list[str]:
         self.address_file = self.workdir / "dht.maddrs"
-        dht = self.start("dht", ["-m", "bench_client.dht", "--address-file", str(self.address_file),
+        dht = self.start("dht", ["-m", "bench_client.swarm.dht", "--address-file", str(self.address_file),
                                  "--host-maddrs", LOOPBACK])
         deadline = time.monotonic() + timeout
         while not self.address_file.exists():
@@ -75,13 +75,13 @@ class LocalSwarm:
 
     def start_server(self, name: str, model: str, span: str, *extra: str, dtype: str = "float32",
                      device: str = "cpu", num_handlers: int = 2) -> Managed:
-        return self.start(name, ["-m", "bench_client.server", "--model", model, "--block-indices", span,
+        return self.start(name, ["-m", "bench_client.swarm.server", "--model", model, "--block-indices", span,
                                  "--initial-peers", *self.initial_peers, "--dtype", dtype, "--device", device,
                                  "--host-maddrs", LOOPBACK, "--num-handlers", str(num_handlers), *extra])
 
     def wait_served(self, model: str, timeout: float = 120.0) -> None:
         """Wait until every block is served; fail at once, with its log, if a server dies meanwhile."""
-        waiter = subprocess.Popen([PYTHON, "-m", "bench_client.swarm", "wait", "--initial-peers", *self.initial_peers,
+        waiter = subprocess.Popen([PYTHON, "-m", "bench_client.swarm.blocks", "wait", "--initial-peers", *self.initial_peers,
                                    "--model", model, "--timeout", str(timeout)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, cwd=self.workdir, env=self.env,
                                   start_new_session=True)
@@ -136,7 +136,7 @@ class LocalSwarm:
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
-    """Live members of a process group (bench_client.daemon's scan), as psutil objects for the tests."""
+    """Live members of a process group (bench_client.core.daemon's scan), as psutil objects for the tests."""
     members = []
     for pid in daemon.group_members(pgid):
         try:
@@ -150,12 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from bench_client.models import get_model, split_blocks
-    from bench_client.sweep import attention_cache_tokens
+    from bench_client.core.models import get_model, split_blocks
+    from bench_client.core.sweep import attention_cache_tokens
 
     argv = sys.argv[1:] if argv is None else argv
     own, client_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    p = argparse.ArgumentParser(prog="python -m bench_client.local_swarm", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.local", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--servers", type=int, default=2, help="servers, each holding a contiguous span of blocks")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (all servers on it)")

@@ -14,12 +14,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench_client.metrics import per_gpu
-from bench_client.models import ModelSpec, UnknownModelError, get_model
+from bench_client.core.metrics import per_gpu
+from bench_client.core.models import ModelSpec, UnknownModelError, get_model
 
 # The original client's 7 columns, as our client writes them: column 6 is the whole swarm's
 # tokens/s (NOT per GPU), column 7 the mean wall time of one whole generate() call (NOT per token).
-from bench_client.results import SCHEMA_VERSION, TSV_COLUMNS, metadata_path_for
+from bench_client.core.results import SCHEMA_VERSION, TSV_COLUMNS, metadata_path_for
 
 _INT_COLUMNS = TSV_COLUMNS[:5]
 SUPPORTED_SCHEMA = SCHEMA_VERSION  # the metadata schema the report reads
@@ -209,7 +209,7 @@ def _jsonl_optional_int(record: dict, name: str, path: Path, line: int) -> int |
     return _jsonl_int(record, name, path, line)
 
 
-# bench_client.swarm writes one "host/device: GPU name" per distinct GPU, e.g. "gpu1/cuda:0: NVIDIA H100 PCIe"
+# bench_client.swarm.blocks writes one "host/device: GPU name" per distinct GPU, e.g. "gpu1/cuda:0: NVIDIA H100 PCIe"
 _HOST_DEVICE_PREFIX = re.compile(r"^[^/\s]+/\S+: ")
 
 

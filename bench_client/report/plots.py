@@ -13,8 +13,8 @@ matplotlib.use("Agg")  # no display on servers and in CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from bench_client.report_reference import PAPER_ANCHORS  # noqa: E402
-from bench_client.report_table import Derived, fmt_number, natural_key  # noqa: E402
+from bench_client.report.reference import PAPER_ANCHORS  # noqa: E402
+from bench_client.report.table import Derived, fmt_number, natural_key  # noqa: E402
 
 DPI = 110
 FIGSIZE = (13.0, 5.4)  # inches: 1430 x 594 pixels

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bench_client.models import MODELS
-from bench_client.report_data import ResultRow
-from bench_client.report_reference import (
+from bench_client.core.models import MODELS
+from bench_client.report.data import ResultRow
+from bench_client.report.reference import (
     PAPER_ANCHORS,
     PAPER_NEW_TOKENS,
     PAPER_PROMPT_LENGTH,

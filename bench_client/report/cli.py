@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_client.models import WEIGHT_DTYPES, UnknownModelError, get_model
-from bench_client.report_data import Defaults, ReportInputError, Results, load_results
-from bench_client.report_reference import PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
+from bench_client.core.models import WEIGHT_DTYPES, UnknownModelError, get_model
+from bench_client.report.data import Defaults, ReportInputError, Results, load_results
+from bench_client.report.reference import PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
 
 EXIT_BAD_INPUT = 2
 
@@ -89,8 +89,8 @@ def table_token_count(results: Results, requested: int | None) -> tuple[int, str
 def render(results: Results, requested_new_tokens: int | None) -> dict[str, bytes]:
     """Every output file, by name, in memory."""
     # imported here so that bad input is reported without paying for matplotlib's import
-    from bench_client.report_plots import render_plots
-    from bench_client.report_table import NOTES, derive_all, md_failed, md_table, to_csv
+    from bench_client.report.plots import render_plots
+    from bench_client.report.table import NOTES, derive_all, md_failed, md_table, to_csv
 
     derived = derive_all(results.rows)
     table_new_tokens, which_rows = table_token_count(results, requested_new_tokens)

@@ -1,0 +1,1 @@
+"""The benchmark client: the seed's command line and TSV, worker processes."""

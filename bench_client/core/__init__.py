@@ -1,0 +1,1 @@
+"""Shared pieces without Petals: models, workload sweep, metrics, the results format, processes."""

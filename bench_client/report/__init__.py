@@ -1,0 +1,1 @@
+"""Table 17 and the paper's figures from result files."""
