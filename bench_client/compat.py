@@ -46,6 +46,8 @@ import sys
 import types
 import warnings
 
+from bench_client.swarm.peers import keep_p2p_private
+
 # Names petals 2.2.0.post1 imports from the top-level ``hivemind`` package, and where they live now.
 _HIVEMIND_NAMES: dict[str, str] = {
     "DHT": "hivemind.dht",
@@ -237,6 +239,7 @@ def apply() -> None:
     _bitsandbytes_or_placeholder()
     _reexport_hivemind_names()
     _disable_version_check()
+    keep_p2p_private()  # no NAT port mapping, AutoNAT or relays: nothing sent beyond the experiment's hosts
     _close_sessions_even_on_broken_pipe()
     _recover_server_sessions()
     _route_around_failed_servers()

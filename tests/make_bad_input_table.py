@@ -103,12 +103,82 @@ def own_cli_cases() -> list[Case]:
              _cli("bench_client.swarm.blocks", ["info", "--initial-peers", "/ip4/127.0.0.1/tcp/9/p2p/"
                                          "12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9",
                                          "--model", "facebook/opt-9000"])),
+        Case("petals-netbench (runner CLI)", "runner --run-id ../../x", "--run-id ../../../../tmp/x",
+             "run_id '../../../../tmp/x' is used as a results folder", test,
+             _cli("bench_client.orchestration.runner", ["--run-id", "../../../../tmp/x"])),
         Case("bench_client (client CLI)", "client --max-retries 0", "--max-retries 0",
              "argument --max-retries: must be >= 1, got 0", test,
              _cli("bench_client", ["--initial_peers", "/ip4/127.0.0.1/tcp/9/p2p/"
                                    "12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9", "--prefix", "netbench/tiny",
                                    "--output", "{tmp}/out.tsv", "--max-retries", "0"])),
     ]
+
+
+def run_safety_cases() -> list[Case]:
+    """Outputs that are not this configuration's or cannot be written, and a swarm another benchmark holds."""
+    import test_run_safety as safety
+
+    def runner(name: str) -> Callable[[Path], tuple[int, str]]:
+        def run(workdir: Path) -> tuple[int, str]:
+            code, message = safety.run_case(name, workdir)
+            return code, message.replace(str(workdir) + "/", "")
+        return run
+
+    shown = {"resume other model": "--prefix netbench/tiny on an out.tsv measured with facebook/opt-125m",
+             "resume other client dtype": "--client-dtype float32 on an out.tsv measured with bfloat16",
+             "resume other profile": "--network-profile none on an out.tsv measured with paper-10ms-1gbit",
+             "resume tsv without metadata": "an out.tsv without its out.jsonl",
+             "output immutable": "--output on a file with chattr +i",
+             "output /dev/full": "--output /dev/full",
+             "swarm locked": "--lock held by another running benchmark"}
+    return [Case("bench_client (client CLI): resume, outputs, one benchmark per swarm", f"client {name}", shown[name],
+                 expected, "test_run_safety.py::test_refused_before_measuring", runner(name))
+            for name, (_, _, expected) in safety.CASES.items()]
+
+
+def lab_cases() -> list[Case]:
+    """The namespace lab refuses a directory that is not its own (root: the lab needs it)."""
+    def runner(mode: int, uid: int) -> Callable[[Path], tuple[int, str]]:
+        def run(workdir: Path) -> tuple[int, str]:
+            lab = workdir / "lab"
+            lab.mkdir(mode=mode)
+            lab.chmod(mode)
+            os.chown(lab, uid, uid)
+            code, message = _cli("bench_client.netem.lab", ["up", "--dir", str(lab), "--hosts", "2"])(workdir)
+            assert list(lab.iterdir()) == [], "the lab wrote into a directory that is not its own"
+            return code, message.replace(str(workdir) + "/", "")
+        return run
+
+    test = "test_lab_safety.py::test_a_lab_directory_not_ours_is_refused_before_anything_is_written"
+    return [Case("bench_client.netem.lab (root)", "lab dir of another user", "up --dir DIR (owned by uid 65534)",
+                 "it must be ours (uid 0) with mode 0700", test, runner(0o700, 65534)),
+            Case("bench_client.netem.lab (root)", "lab dir group-writable", "up --dir DIR (mode 0770)",
+                 "it must be ours (uid 0) with mode 0700", test, runner(0o770, 0))]
+
+
+def workdir_cases() -> list[Case]:
+    """A host's work directory that is not the run user's (root: chown)."""
+    from bench_client.orchestration.runner import run_experiment
+
+    def runner(kind: str) -> Callable[[Path], tuple[int, str]]:
+        def run(workdir: Path) -> tuple[int, str]:
+            target = workdir / "theirs"
+            target.mkdir()
+            if kind == "owner":
+                os.chown(target, 65534, 65534)
+            else:
+                target.chmod(0o777)
+            result = run_experiment(inventory=ROOT / "inventory" / "local" / "hosts.yml", tags="provision",
+                                    out=io.StringIO(), extravars={"netbench_workdir": str(target),
+                                                                  "results_dir": str(workdir / "results")})
+            assert list(target.iterdir()) == [], "something was written into a directory that is not ours"
+            return result.rc, " | ".join(f.message for f in result.failures).replace(str(workdir) + "/", "")
+        return run
+
+    test = "test_ansible_preflight.py::test_a_work_directory_not_ours_is_refused_and_left_alone"
+    return [Case("Ansible experiment: the hosts' work directory (netbench_host role)", f"workdir {kind}",
+                 f"-e netbench_workdir=DIR ({what})", "must be a directory of the run's user", test, runner(kind))
+            for kind, what in (("owner", "owned by uid 65534"), ("writable", "mode 0777"))]
 
 
 def report_cases() -> list[Case]:
@@ -183,8 +253,8 @@ def firewall_cases() -> list[Case]:
 
 def all_cases(ansible: bool = True) -> list[Case]:
     cases = engine_cases() + flexgen_cases() + own_cli_cases() + report_cases()
-    if ansible:
-        cases += preflight_cases() + firewall_cases()
+    if ansible:  # root: Ansible, namespaces, chattr
+        cases += run_safety_cases() + lab_cases() + preflight_cases() + workdir_cases() + firewall_cases()
     return cases
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 from bench_client.core.daemon import Record, group_members, is_running, start, status, stop
+from bench_client.core.processes import Identity, boot_id, descendants, start_ticks, terminate
 
 
 def test_start_is_idempotent_and_stop_ends_the_whole_group(tmp_path):
@@ -91,3 +92,55 @@ def test_helpers_that_leave_the_group_are_stopped_too(tmp_path):
                           "--", "sh", "-c", f"setsid {marker} & exit 0"], capture_output=True, text=True)
     assert cli.returncode == 0
     assert subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode == 1
+
+
+def _orphaned_group() -> tuple[int, int]:
+    """Someone else's process group whose leader is gone: `setsid sh -c 'sleep & exit'` (the issue's repro).
+    Returns (pgid, the sleeping member's pid)."""
+    out = subprocess.run(["setsid", "sh", "-c", "sleep 1002 >/dev/null 2>&1 & echo $$ $!; exit 0"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    pgid, member = int(out[0]), int(out[1])
+    deadline = time.monotonic() + 5
+    while not group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert group_members(pgid) == [member]
+    return pgid, member
+
+
+def test_stale_pidfile_never_signals_a_process_it_does_not_prove_ours(tmp_path):
+    """A pidfile whose leader died (reboot, kill -9) names a process group that now holds someone else's
+    process: status says not running and stop (what --tags cleanup runs) leaves that process alone,
+    whether the pidfile is of the old format (no identity) or names another token or another boot."""
+    pgid, member = _orphaned_group()
+    try:
+        ticks = start_ticks(member)
+        forged = [
+            Record(pid=pgid, pgid=pgid, start_ticks=1, argv=["old"], log="-"),
+            Record(pid=pgid, pgid=pgid, start_ticks=1, argv=["x"], log="-", boot_id=boot_id(), token="0" * 32),
+            Record(pid=member, pgid=pgid, start_ticks=ticks, argv=["x"], log="-", boot_id="another-boot",
+                   token="0" * 32),
+        ]
+        for record in forged:
+            pidfile = tmp_path / "dht.pid"
+            record.save(pidfile)
+            assert status(pidfile)["running"] is False, record
+            assert stop(pidfile, timeout=1)["changed"] is False
+            assert start_ticks(member) == ticks, f"{record} killed someone else's process"
+        # the low-level stop, given a group and an identity the process does not carry, signals nothing
+        terminate(pgid, timeout=1, identity=Identity.new())
+        assert start_ticks(member) == ticks
+    finally:
+        os.kill(member, 9)
+
+
+def test_every_process_we_start_carries_the_identity_and_stop_ends_them_all(tmp_path):
+    """The identity reaches helpers that leave the group (setsid), and stop ends them too."""
+    pidfile, log = tmp_path / "x.pid", tmp_path / "x.log"
+    start(["sh", "-c", "setsid sleep 301 & sleep 300"], pidfile, log)
+    record = Record.load(pidfile)
+    assert record is not None and record.identity is not None and record.boot_id == boot_id()
+    time.sleep(0.3)
+    family = set(group_members(record.pgid) + descendants(group_members(record.pgid)))
+    assert len(family) == 3 and all(record.identity.carried_by(p) for p in family)
+    stop(pidfile)
+    assert not [p for p in family if start_ticks(p) is not None]

@@ -63,6 +63,9 @@ def test_unknown_model():
     ([{"name": "x", "rate": "fast"}], "rate"),
     ([{"rate": "20mbit"}], "needs a name"),
     ("none,none", "listed twice"),
+    ([{"name": "none", "delay": "10ms"}], "the name 'none' is reserved (no shaping)"),
+    ([{"name": "paper-10ms-1gbit", "delay": "50ms", "rate": "1gbit"}], "is reserved (the paper profiles)"),
+    ([{"name": "paper-mine", "delay": "50ms"}], "is reserved (the paper profiles)"),
 ])
 def test_bad_profiles(profiles, expected):
     assert expected in refusal(profiles=profiles)
@@ -144,6 +147,8 @@ def test_systems_default_petals_and_flexgen_on_the_first_gpu_server_host():
                                                 ("petals,flexgen", "needs a CUDA GPU")])
 def test_bad_systems(systems, expected):
     assert expected in refusal(systems=systems)
+
+
 PAPER_WORKLOAD = {"batch_size": 2, "num_processes": 6, "prompt_lengths": [512], "new_tokens": 32, "token_sweep": "none"}
 H200_MIB, H100_MIB = 143771, 81559
 
@@ -211,3 +216,37 @@ def test_namespace_hosts_of_one_machine_share_its_gpu():
     for i, h in enumerate(names):
         hosts[h]["machine_id"] = f"m{i + 2}"
     assert make_plan(config(model="facebook/opt-30b", workload=PAPER_WORKLOAD, hosts=hosts, groups=groups))["num_gpus"] == 4
+def test_a_paper_profile_spelled_out_with_its_own_values_keeps_its_name():
+    from bench_client.netem import profiles as netem
+
+    paper = netem.PAPER_PROFILES["paper-10ms-1gbit"]
+    spelled = {"name": paper.name, "delay": f"{paper.delay_us}us", "rate": f"{paper.rate_bit}bit", "limit": paper.limit}
+    assert make_plan(config(profiles=[spelled], hosts={"a": {"servers": 2, "mem_kb": 16 * GIB_KB, "machine_id": "m1",
+                                                              "shaping": True}}))["profiles"][0]["name"] == paper.name
+
+
+@pytest.mark.parametrize("bench, expected", [
+    ({"prompt_lengths": 512}, {"prompt_lengths": [512]}),  # a scalar is one prompt length, not "5 1 2"
+    ({"prompt_lengths": "512"}, {"prompt_lengths": [512]}),
+    ({"prompt_lengths": "256,512"}, {"prompt_lengths": [256, 512]}),
+    ({"prompt_lengths": "[256, 1024]"}, {"prompt_lengths": [256, 1024]}),
+    ({"batch_size": "2", "new_tokens": 0, "timeout": None}, {"batch_size": 2, "new_tokens": 0}),
+    ({"extra_args": ["--seed", 3]}, {"extra_args": ["--seed", "3"]}),
+])
+def test_bench_settings_are_converted(bench, expected):
+    assert make_plan(config(bench=bench))["bench"] == expected
+
+
+@pytest.mark.parametrize("bench, expected", [
+    ({"batch_size": 0}, "bench_client_batch_size must be at least 1, got 0"),
+    ({"new_tokens": -3}, "bench_client_new_tokens must be at least 0, got -3"),
+    ({"num_processes": 1.5}, "bench_client_num_processes must be a whole number, got 1.5"),
+    ({"num_micro_batches": "abc"}, "bench_client_num_micro_batches must be a whole number, got 'abc'"),
+    ({"num_processes": True}, "must be a whole number, got True"),
+    ({"prompt_lengths": "256,0"}, "bench_client_prompt_lengths must be at least 1, got 0"),
+    ({"prompt_lengths": []}, "must be a non-empty list"),
+    ({"token_sweep": "9:3"}, "bench_client_token_sweep: --token-sweep '9:3' must be"),
+    ({"extra_args": "--seed 3"}, "bench_client_extra_args must be a list of flags"),
+])
+def test_bad_bench_settings(bench, expected):
+    assert expected in refusal(bench=bench)

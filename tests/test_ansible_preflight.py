@@ -5,6 +5,7 @@ changed (no work directory, no process). The GPU refusal is real: this machine h
 from __future__ import annotations
 
 import io
+import json
 import textwrap
 from pathlib import Path
 
@@ -30,6 +31,21 @@ CASES = {
     "unknown-runtime": ({"netbench_runtime": "podman"}, None, "runtime 'podman' is not one of process, docker"),
     "unknown-system": ({"systems": "petals,vllm"}, None, "expected a comma-separated subset of petals, flexgen"),
     "flexgen-without-gpu": ({"systems": "petals,flexgen"}, None, "flexgen, which needs a CUDA GPU"),
+    # custom profiles may not pass for the unshaped or the paper's rows
+    "reserved-profile-none": ({"profiles": [{"name": "none", "delay": "10ms"}]}, None,
+                              "the name 'none' is reserved (no shaping)"),
+    "reserved-profile-paper": ({"profiles": [{"name": "paper-10ms-1gbit", "delay": "50ms", "rate": "1gbit"}]}, None,
+                               "the name 'paper-10ms-1gbit' is reserved (the paper profiles)"),
+    # the bench_client role's variables, checked in the pre-flight (formerly after the swarm started)
+    "bench-batch-zero": ({"bench_client_batch_size": 0}, None, "bench_client_batch_size must be at least 1, got 0"),
+    "bench-tokens-negative": ({"bench_client_new_tokens": -3}, None, "bench_client_new_tokens must be at least 0"),
+    "bench-processes-fraction": ({"bench_client_num_processes": 1.5}, None,
+                                 "bench_client_num_processes must be a whole number, got 1.5"),
+    "bench-micro-batches-word": ({"bench_client_num_micro_batches": "abc"}, None,
+                                 "bench_client_num_micro_batches must be a whole number, got 'abc'"),
+    "bench-prompt-zero": ({"bench_client_prompt_lengths": "512,0"}, None,
+                          "bench_client_prompt_lengths must be at least 1, got 0"),
+    "bench-token-sweep": ({"bench_client_token_sweep": "9:3"}, None, "bench_client_token_sweep: --token-sweep '9:3'"),
     "missing-group": ({}, "servers", "inventory group 'servers' is missing or empty"),
     "empty-group": ({}, "clients-empty", "inventory group 'clients' is missing or empty"),
 }
@@ -74,3 +90,62 @@ def test_refused_before_any_host_changes(case, tmp_path):
     assert all(f.task.startswith("preflight") for f in result.failures), result.failures
     assert not workdir.exists(), "a host was changed before the refusal"
     assert not any(t.status == "changed" for t in result.timings)
+
+
+def test_the_client_runs_the_settings_the_preflight_converted(tmp_path):
+    """-e bench_client_prompt_lengths=512 (a scalar, as -e key=value gives it) reaches the client's command
+    line as one prompt length, through the real pre-flight and the bench_client role's own variables."""
+    import subprocess
+    import sys
+
+    play = tmp_path / "render.yml"
+    play.write_text(textwrap.dedent(f"""\
+        - name: Pre-flight
+          ansible.builtin.import_playbook: {ROOT}/playbooks/preflight.yml
+        - name: Render the client's command line as the bench_client role would
+          hosts: clients
+          gather_facts: false
+          vars_files: [{ROOT}/roles/bench_client/defaults/main.yml, {ROOT}/roles/bench_client/vars/main.yml]
+          vars:
+            bench_client_initial_peers: []
+          tasks:
+            - name: Write it
+              ansible.builtin.copy:
+                content: "{{{{ bench_client_args | to_json }}}}"
+                dest: {tmp_path / "args.json"}
+                mode: "0600"
+        """))
+    result = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i",
+                             str(ROOT / "inventory" / "local" / "hosts.yml"), str(play), "-e",
+                             "bench_client_prompt_lengths=512", "-e", "bench_client_batch_size=2", "-e",
+                             f"netbench_workdir={tmp_path / 'work'}"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    args = json.loads((tmp_path / "args.json").read_text())
+    at = args.index("--prompt-lengths")
+    assert args[at + 1:at + 3] == ["512", "--new-tokens"], args
+    assert args[args.index("-b") + 1] == "2"
+
+
+@pytest.mark.parametrize("kind", ["other-owner", "world-writable", "symlink"])
+def test_a_work_directory_not_ours_is_refused_and_left_alone(kind, tmp_path):
+    """The host's work directory (pidfiles root then acts on) must be the run user's, writable by no one else."""
+    import os
+
+    target = tmp_path / "theirs"
+    target.mkdir()
+    workdir = target
+    if kind == "other-owner":
+        os.chown(target, 65534, 65534)
+    elif kind == "world-writable":
+        target.chmod(0o777)
+    else:
+        workdir = tmp_path / "link"
+        workdir.symlink_to(target)
+    out = io.StringIO()
+    result = run_experiment(inventory=ROOT / "inventory" / "local" / "hosts.yml", tags="provision", out=out,
+                            extravars={"netbench_workdir": str(workdir), "results_dir": str(tmp_path / "results")})
+    assert result.rc != 0, out.getvalue()
+    messages = " ".join(f.message for f in result.failures)
+    assert f"work directory {workdir} must be a directory of the run's user" in messages, out.getvalue()
+    assert list(target.iterdir()) == [], "something was written into a directory that is not ours"

@@ -197,6 +197,7 @@ def test_initial_peers(tmp_path):
     (["--prefix", "facebook/opt-13b"], "unknown model 'facebook/opt-13b'"),
     (["--token-sweep", "9:3"], "--token-sweep '9:3' must be"),
     (["--initial_peers"], "no initial peers given"),
+    (["--output", "/dev/full"], "/dev/full is a character device, not a regular file"),
 ])
 def test_client_refuses_bad_input_before_connecting(tmp_path, args, message):
     out = tmp_path / "out.tsv"
@@ -247,7 +248,7 @@ def test_client_refuses_a_directory_as_output(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bench_client", "--initial_peers", PEER, "--prefix", "netbench/tiny",
                              "--output", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert f"--output {tmp_path} is a directory" in result.stderr
+    assert f"{tmp_path} is a directory, not a regular file" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -24,10 +25,9 @@ from bench_client.core.metrics import GenerateTiming, summarize
 from bench_client.core.models import UnknownModelError, get_model, write_model_dir
 from bench_client.swarm.peers import PeerError, resolve_initial_peers
 from bench_client.core.processes import fail
-from bench_client.core.results import ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
+from bench_client.core.results import SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
 from bench_client.swarm.server import DEFAULT_MODELS_DIR
-from bench_client.core.sweep import (ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining,
-                                repeat_of, repeat_sweep)
+from bench_client.core.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining
 from bench_client.swarm.blocks import EXIT_MISSING_BLOCKS, EXIT_UNREACHABLE, SwarmView, connect, format_ranges, inspect
 from bench_client.client.workers import Task, WorkerError, WorkerPool, WorkerSpec
 
@@ -84,7 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure the whole sweep this many times (rows per repeat, 'repeat' in the JSONL)")
     p.add_argument("--progress", default=None, metavar="FILE",
                    help="also write the latest [i/N ... ETA] line to FILE (launchers show it while the sweep runs)")
+    p.add_argument("--lock", default=None,
+                   help="lock file of the swarm (the roles: WORKDIR/run/client.lock): one benchmark at a time")
     return p
+
+
+EXIT_BUSY = 6
+
+
+def hold_lock(path: str, output: str) -> int:
+    """Take the swarm's lock for this process's lifetime (its worker processes inherit it), or fail
+    naming the benchmark that holds it: two sweeps at once share the servers and halve each other's numbers."""
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        fail(f"--lock {path}: {exc.strerror}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+        fail(f"another benchmark runs on this swarm ({holder}); wait for it to finish or stop it "
+             "(site.yml --tags cleanup)", EXIT_BUSY)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} measuring into {output}\n".encode(), 0)
+    return fd
 
 
 def resolve_device(choice: str) -> str:
@@ -101,6 +127,8 @@ def load_extra_metadata(path: str | None) -> dict:
     if not path:
         return {}
     try:
+        if not Path(path).is_file():  # /dev/zero would be read forever
+            fail(f"--extra-metadata {path} is not a regular file")
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         fail(f"--extra-metadata {path}: {exc}")
@@ -141,8 +169,6 @@ def now_iso() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if Path(args.output).is_dir():
-        fail(f"--output {args.output} is a directory; give a file name such as out_30b.tsv")
     try:
         spec = get_model(args.prefix)
         peers = resolve_initial_peers(args.initial_peers)
@@ -150,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         one_pass = build_sweep(args.prompt_lengths, args.new_tokens, token_sweep, args.token_sweep_prompt_length)
         points = repeat_sweep(one_pass, args.repeats)
         writer = ResultsWriter(args.output, args.metadata)
+        writer.check_writable()
+        if args.lock:  # before the output is read: what is done must not change under us
+            hold_lock(args.lock, args.output)
+        writer.prepare()
+        writer.check_identity({"model": spec.name, "dht_prefix": spec.dht_prefix, "client_dtype": args.client_dtype,
+                               "network_profile": args.network_profile})
         done = writer.done(args.batch_size, args.num_micro_batches, args.num_processes)
     except (UnknownModelError, PeerError, ValueError) as exc:  # ResultsFileError is a ValueError
         fail(str(exc))
@@ -170,14 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         dht.shutdown()
     check_swarm(view)
     num_gpus, gpus_source = count_gpus(view, args.num_gpus)
-    writer.prepare()
+    servers = describe_servers(view)
+    try:  # the rows already there were measured on a swarm like this one
+        writer.check_identity({k: servers[k] for k in SWARM_IDENTITY})
+    except ResultsFileError as exc:
+        fail(str(exc))
 
     run_id = args.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     common = {
         "system": "petals", "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
         "batch_size": args.batch_size, "num_micro_batches": args.num_micro_batches,
         "num_processes": args.num_processes, "num_gpus": num_gpus, "num_gpus_source": gpus_source,
-        **describe_servers(view),
+        **servers,
         "client_host": environment.hostname(), "client_device": device,
         "client_gpu": environment.client_gpu(device), "client_dtype": args.client_dtype,
         "versions": environment.package_versions(), "network_profile": args.network_profile, "network": None,

@@ -25,6 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_client.core.processes import (ProcessError, Identity, boot_id, descendants, group_members, start_ticks,
+                                    terminate, write_atomically)
+
 
 class DaemonError(RuntimeError):
     pass
@@ -37,87 +40,38 @@ class Record:
     start_ticks: int  # /proc/PID/stat field 22: guards against PID reuse
     argv: list[str]
     log: str
+    boot_id: str = ""
+    token: str = ""  # processes.Identity: in the environment of every process the command starts
+
+    @property
+    def identity(self) -> Identity | None:
+        return Identity(self.boot_id, self.token) if self.token else None
 
     @classmethod
     def load(cls, path: Path) -> Record | None:
         try:
             data = json.loads(path.read_text())
-            return cls(int(data["pid"]), int(data["pgid"]), int(data["start_ticks"]), list(data["argv"]), data["log"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return cls(int(data["pid"]), int(data["pgid"]), int(data["start_ticks"]), list(data["argv"]), data["log"],
+                       str(data.get("boot_id", "")), str(data.get("token", "")))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    @classmethod
+    def started(cls, pid: int, argv: list[str], log: str, identity: Identity) -> Record:
+        return cls(pid, pid, start_ticks(pid) or 0, argv, log, identity.boot_id, identity.token)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.__dict__, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, pgid, start_ticks) of a process, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2]), int(fields[19])
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group; zombies may linger where PID 1 does not reap."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            info = _stat(int(entry))
-            if info and info[1] == pgid and info[0] not in ("Z", "X"):
-                members.append(int(entry))
-    return members
-
-
-def descendants(roots: list[int]) -> list[int]:
-    """Live descendants of ``roots``: helpers that left the process group (torch_shm_manager calls setsid)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                text = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = text[text.rindex(")") + 2 :].split()
-            if fields[0] not in ("Z", "X"):
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], list(roots)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.append(child)
-                todo.append(child)
-    return found
-
-
-def _signal_all(pgid: int, pids: list[int], sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _alive(pids: list[int]) -> list[int]:
-    return [pid for pid in pids if (info := _stat(pid)) and info[0] not in ("Z", "X")]
+        write_atomically(path, json.dumps(self.__dict__, sort_keys=True) + "\n")
 
 
 def is_running(record: Record) -> bool:
-    """The recorded group still has live members, and its leader (if alive) is the process we started."""
-    leader = _stat(record.pid)
-    if leader and leader[0] not in ("Z", "X") and leader[2] != record.start_ticks:
-        return False  # PID reused by an unrelated process
-    return bool(group_members(record.pgid))
+    """A process we started still runs: with an identity (pidfiles since the identity was recorded), a
+    live process of the group carries it; without one, the leader runs with its recorded start time.
+    A group whose leader died is never trusted on its number alone (PGIDs are reused after a reboot)."""
+    if record.identity is not None:
+        return bool(group_members(record.pgid, record.identity))
+    return record.boot_id in ("", boot_id()) and start_ticks(record.pid) == record.start_ticks
 
 
 def status(pidfile: Path) -> dict:
@@ -147,11 +101,12 @@ def start(argv: list[str], pidfile: Path, log: Path, env: dict[str, str] | None 
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)  # a stale file from an earlier run must not count as ready
     log.parent.mkdir(parents=True, exist_ok=True)
+    identity = Identity.new()
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=cwd, env={**os.environ, **(env or {})}, close_fds=True)
-    info = _stat(proc.pid)
-    record = Record(proc.pid, proc.pid, info[2] if info else 0, argv, str(log))
+                                start_new_session=True, cwd=cwd, env={**os.environ, **(env or {}), **identity.env()},
+                                close_fds=True)
+    record = Record.started(proc.pid, argv, str(log), identity)
     record.save(pidfile)
     if ready_file is not None:
         deadline = time.monotonic() + ready_timeout
@@ -176,39 +131,35 @@ def stop(pidfile: Path, timeout: float = 20.0) -> dict:
     if not is_running(record):
         pidfile.unlink(missing_ok=True)
         return {"changed": False, "running": False, "pid": record.pid}
-    sig = terminate(record.pgid, timeout)
+    sig = terminate(record.pgid, timeout, identity=record.identity)
     pidfile.unlink(missing_ok=True)
     return {"changed": True, "running": False, "pid": record.pid, "signal": sig.name}
-
-
-def terminate(pgid: int, timeout: float = 20.0, extra: list[int] | None = None) -> signal.Signals:
-    """SIGTERM a process group and every descendant of its members (also those in other groups),
-    then SIGKILL what is left after ``timeout``; returns the last signal sent."""
-    members = group_members(pgid)
-    targets = [p for p in descendants(members) + list(extra or []) if p not in members]
-    sig = signal.SIGTERM
-    deadline = time.monotonic() + timeout
-    while group_members(pgid) or _alive(targets):
-        _signal_all(pgid, _alive(targets), sig)
-        if time.monotonic() > deadline:
-            if sig == signal.SIGKILL:
-                raise DaemonError(f"processes {group_members(pgid) + _alive(targets)} survived SIGKILL")
-            sig, deadline = signal.SIGKILL, time.monotonic() + 5.0
-        time.sleep(0.1)
-        targets = list(dict.fromkeys(targets + [p for p in descendants(group_members(pgid)) if p not in targets]))
-    return sig
 
 
 def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
     """Run CMD in its own session in the foreground and return its exit code; afterwards stop whatever
     it left behind in its process group (p2pd daemons, worker processes), so a finished benchmark
-    leaves no process of ours. While it runs, ``stop --pidfile`` (cleanup) can end it."""
+    leaves no process of ours. While it runs, ``stop --pidfile`` (cleanup) can end it.
+
+    One at a time per pidfile: if the pidfile names a running command (proven ours by its identity),
+    the same command line, or one writing the same ``--output``, is the same run restarted (a rerun
+    after Ctrl-C left the first one running, measuring into that output): it is stopped and this one
+    takes over; any other command is another experiment on the same swarm, and is refused."""
     if not argv:
         raise DaemonError("no command given after --")
+    previous = Record.load(pidfile)
+    if previous is not None and is_running(previous):
+        if not _same_run(previous.argv, argv):
+            raise DaemonError(f"another benchmark runs on this swarm (pid {previous.pid}, pidfile {pidfile}): "
+                              f"{' '.join(previous.argv)[:300]}; wait for it to finish or stop it "
+                              "(site.yml --tags cleanup)")
+        print(f"daemon: taking over from the same command still running as pid {previous.pid} "
+              "(an interrupted run); stopping it", file=sys.stderr)
+        terminate(previous.pgid, identity=previous.identity)
     _become_subreaper()  # orphans of CMD (setsid'ed helpers too) become our children, not init's
-    proc = subprocess.Popen(argv, start_new_session=True)
-    info = _stat(proc.pid)
-    Record(proc.pid, proc.pid, info[2] if info else 0, argv, "-").save(pidfile)
+    identity = Identity.new()
+    proc = subprocess.Popen(argv, start_new_session=True, env={**os.environ, **identity.env()})
+    Record.started(proc.pid, argv, "-", identity).save(pidfile)
 
     def forward(signum, frame):  # noqa: ARG001  (Ansible's async timeout or a Ctrl-C reaches us)
         try:
@@ -224,10 +175,20 @@ def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
         leftovers = list(dict.fromkeys(group_members(proc.pid) + descendants([os.getpid()])))
         if leftovers:
             print(f"daemon: stopping {len(leftovers)} process(es) {argv[0]} left behind: {leftovers}", file=sys.stderr)
-            terminate(proc.pid, timeout=grace, extra=leftovers)
+            terminate(proc.pid, timeout=grace, extra=leftovers, identity=identity)
         _reap()
-        pidfile.unlink(missing_ok=True)
+        current = Record.load(pidfile)
+        if current is None or current.pid == proc.pid:  # a run that took over from us owns the pidfile now
+            pidfile.unlink(missing_ok=True)
     return code
+
+
+def _same_run(previous: list[str], argv: list[str]) -> bool:
+    """The same command, or the same results file (the DHT's addresses on the command line may differ)."""
+    def output(args: list[str]) -> str | None:
+        return args[args.index("--output") + 1] if "--output" in args[:-1] else None
+
+    return previous == argv or (output(argv) is not None and output(previous) == output(argv))
 
 
 def _become_subreaper() -> None:
@@ -286,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             result = stop(args.pidfile, timeout=args.timeout)
         else:
             result = status(args.pidfile)
-    except DaemonError as exc:
+    except (DaemonError, ProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, sort_keys=True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,12 @@ from bench_client.core.sweep import SweepPoint
 TSV_COLUMNS = ("batch_size", "num_micro_batches", "num_processes", "prompt_length", "new_tokens",
                "total_throughput", "mean_generate_latency_s")
 SCHEMA_VERSION = 1
+# What defines a measurement besides its sweep point: every row of one output must agree on these, so a
+# rerun resumes only the same experiment (the run's choices first; the swarm's, known once connected).
+RUN_IDENTITY = ("model", "dht_prefix", "client_dtype", "network_profile")
+# Not the server count: a server replaced after a failure (or a stale DHT record) changes it, and resuming
+# there is the point of resuming.
+SWARM_IDENTITY = ("weight_dtype",)
 
 
 class ResultsFileError(ValueError):
@@ -87,6 +94,30 @@ def repair_tail(path: Path) -> None:
             handle.truncate(keep)
 
 
+def check_writable(path: Path) -> None:
+    """Refuse, before anything is measured, an output that is not a regular file we can append to (a
+    directory, a device such as /dev/full, a FIFO, an immutable or read-only file): found out after the
+    sweep, the results would be lost."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ResultsFileError(f"{path}: cannot be created ({parent} is not a writable directory)") from None
+        return
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"),
+                                             (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO"))
+                     if test(info.st_mode)), "special file")
+        raise ResultsFileError(f"{path} is a {kind}, not a regular file; give a file name such as out_30b.tsv")
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+    except OSError as exc:
+        raise ResultsFileError(f"{path} cannot be written ({exc.strerror}); results would be lost") from None
+
+
 def append_line(path: Path, line: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -114,6 +145,33 @@ class ResultsWriter:
                                                                                num_processes):
                 counts[row.point] += 1
         return counts
+
+    def check_writable(self) -> None:
+        for path in (self.tsv, self.metadata):
+            check_writable(path)
+
+    def check_identity(self, wanted: dict) -> None:
+        """Every row already in the output was measured with ``wanted``'s values (model, dtype, profile,
+        swarm): a rerun continues that experiment and nothing else. The TSV and its metadata must also
+        describe the same measurements, row by row."""
+        rows = read_tsv(self.tsv)
+        records = [m for m in read_metadata(self.metadata) if m.get("status") == "ok"]
+        if len(rows) != len(records):
+            raise ResultsFileError(f"{self.tsv} has {len(rows)} rows but {self.metadata} describes {len(records)} "
+                                   "measured ones, so what they measured cannot be checked; give a new --output")
+        for number, (row, record) in enumerate(zip(rows, records), start=1):
+            point = {"batch_size": row.batch_size, "num_micro_batches": row.num_micro_batches,
+                     "num_processes": row.num_processes, "prompt_length": row.prompt_length,
+                     "new_tokens": row.new_tokens}
+            if any(record.get(k) != v for k, v in point.items()):
+                raise ResultsFileError(f"{self.tsv}:{number} does not match line {number} of the measurements in "
+                                       f"{self.metadata}; give a new --output")
+            differs = [k for k, v in wanted.items() if record.get(k) != v]
+            if differs:
+                was = ", ".join(f"{k}={record.get(k)!r}" for k in differs)
+                now = ", ".join(f"{k}={wanted[k]!r}" for k in differs)
+                raise ResultsFileError(f"{self.tsv}:{number} was measured with {was}, this run has {now}; a rerun "
+                                       "only resumes the same configuration: give another --output (or run_id)")
 
     def prepare(self) -> None:
         for path in (self.tsv, self.metadata):

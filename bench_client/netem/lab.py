@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import re
+import stat
 import subprocess
 import sys
 import time
@@ -26,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_client.core.provenance import PROJECT_DIR
+from bench_client.core.processes import Identity, stop_processes, terminate
 
 PREFIX = os.environ.get("NETBENCH_LAB_PREFIX", "nbl")
 SUBNET = os.environ.get("NETBENCH_LAB_SUBNET", "10.213.0")  # /24 inside the lab's own namespaces only
 CONTROLLER_ADDRESS = f"{SUBNET}.1"
 # router mode: the data network (eth1 of every host, through the netem router VM); ssh stays on eth0
 DATA_SUBNET = os.environ.get("NETBENCH_LAB_DATA_SUBNET", "10.213.1")
+_SAFE_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]{0,11}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,44 @@ class LabHost:
     name: str
     netns: str
     address: str
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def secure_dir(path: Path, create: bool = True) -> Path:
+    """The lab directory, created by us with mode 0700, or an existing one that we own, that is no symlink
+    and that nobody else may write (root writes keys, configs and the inventory there and runs what
+    they name: a directory another user controls could redirect all of that)."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise LabError(f"lab directory {path} does not exist") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise LabError(f"lab directory {path} is not a directory (a symlink?); give a directory of your own")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise LabError(f"lab directory {path} belongs to uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):o}; "
+                       f"it must be ours (uid {os.geteuid()}) with mode 0700: give a new path, the lab creates it")
+    return path
+
+
+def write_file(lab_dir: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    """Write a file in the lab directory without following a symlink planted under its name."""
+    dir_fd = os.open(lab_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return lab_dir / name
 
 
 def _run(*argv: str, check: bool = True, netns: str | None = None) -> subprocess.CompletedProcess:
@@ -93,8 +134,7 @@ exec ip netns exec {netns} /bin/sh "$@"
 def write_shell_wrappers(lab_dir: Path, hosts: list[LabHost]) -> None:
     """connection local: one shell per host that enters its namespace (no sshd needed)."""
     for host in hosts:
-        path = lab_dir / f"nsh-{host.name}"
-        path.write_text(NSH.format(name=host.name, netns=host.netns))
+        path = write_file(lab_dir, f"nsh-{host.name}", NSH.format(name=host.name, netns=host.netns))
         path.chmod(0o755)
 
 
@@ -103,8 +143,7 @@ def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_pe
     """hosts.yml for the lab: h1 runs the DHT and the client, the rest are shaped servers. With
     ``connection`` local, Ansible runs in the machine's own namespace and enters each host's
     namespace through its shell (ansible_shell_executable): no sshd, no controller namespace."""
-    ctl = lab_dir / "cp"
-    ctl.mkdir(exist_ok=True)
+    ctl = secure_dir(lab_dir / "cp")
     ssh_args = (f"-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o ControlMaster=auto "
                 f"-o ControlPersist=30s -o ControlPath={ctl}/%C -o ServerAliveInterval=5 -o ServerAliveCountMax=3")
     host_vars = {h.name: {"ansible_host": h.address, "netbench_address": data_address(h) if router else h.address}
@@ -145,9 +184,8 @@ def write_inventory(lab_dir: Path, hosts: list[LabHost], python: str, servers_pe
         inventory["all"]["vars"]["ansible_connection"] = "local"
         for h in hosts:
             host_vars[h.name]["ansible_shell_executable"] = str(lab_dir / f"nsh-{h.name}")
-    path = lab_dir / "hosts.yml"
-    path.write_text("# written by python -m bench_client.netem.lab up\n" + json.dumps(inventory, indent=2) + "\n")
-    return path
+    return write_file(lab_dir, "hosts.yml",
+                      "# written by python -m bench_client.netem.lab up\n" + json.dumps(inventory, indent=2) + "\n")
 
 
 def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_host: int = 1,
@@ -162,21 +200,27 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
         raise ValueError("the lab needs at least 2 hosts (one DHT/client, one server)")
     if router_bundle is not None and not (router_bundle / "bin" / "qemu").exists():
         raise ValueError(f"{router_bundle} is not a netem router bundle (tools/netem-router/build-bundle.sh builds one)")
-    lab_dir.mkdir(parents=True, exist_ok=True)
-    state = {"prefix": prefix, "hosts": [], "created_run_sshd": False, "router": bool(router_bundle)}
-    (lab_dir / "lab.json").write_text(json.dumps(state))
+    secure_dir(lab_dir)
+    identity = Identity.new()  # every sshd (and what runs under it) carries it; down signals only those
+    state = {"prefix": prefix, "hosts": [], "created_run_sshd": False, "boot_id": identity.boot_id,
+             "token": identity.token, "router": bool(router_bundle)}
+
+    def save() -> None:
+        write_file(lab_dir, "lab.json", json.dumps(state))
+
+    save()
     if connection == "ssh" and not (lab_dir / "id_ed25519").exists():
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "id_ed25519"))
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(lab_dir / "ssh_host_ed25519_key"))
     if connection == "ssh":
-        (lab_dir / "authorized_keys").write_text((lab_dir / "id_ed25519.pub").read_text())
+        write_file(lab_dir, "authorized_keys", (lab_dir / "id_ed25519.pub").read_text())
     if connection == "ssh" and not Path("/run/sshd").exists():  # sshd's privilege separation directory
         Path("/run/sshd").mkdir(mode=0o755)
         state["created_run_sshd"] = True
     ctl = controller_netns(prefix)
     _run("ip", "netns", "add", ctl)
     state["controller"] = ctl
-    (lab_dir / "lab.json").write_text(json.dumps(state))
+    save()
     _run("ip", "link", "set", "lo", "up", netns=ctl)
     _run("ip", "link", "add", "br0", "type", "bridge", netns=ctl)
     _run("ip", "addr", "add", f"{CONTROLLER_ADDRESS}/24", "dev", "br0", netns=ctl)
@@ -184,7 +228,7 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
     for host in lab_hosts(count, prefix):
         _run("ip", "netns", "add", host.netns)
         state["hosts"].append({"name": host.name, "netns": host.netns, "address": host.address})
-        (lab_dir / "lab.json").write_text(json.dumps(state))
+        save()
         peer = f"v{host.name}"
         # create the pair inside the controller namespace, then move one end into the host
         _run("ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", host.netns, netns=ctl)
@@ -195,14 +239,15 @@ def up(lab_dir: Path, count: int = 3, python: str = sys.executable, servers_per_
         _run("ip", "link", "set", "eth0", "up", netns=host.netns)
         if connection == "local":
             continue
-        config = lab_dir / f"sshd-{host.name}.conf"
-        config.write_text(SSHD_CONFIG.format(address=host.address, dir=lab_dir, name=host.name))
-        log = open(lab_dir / f"sshd-{host.name}.log", "ab")
-        proc = subprocess.Popen(["ip", "netns", "exec", host.netns, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        config = write_file(lab_dir, f"sshd-{host.name}.conf",
+                            SSHD_CONFIG.format(address=host.address, dir=lab_dir, name=host.name))
+        write_file(lab_dir, f"sshd-{host.name}.log", "")
+        with open(lab_dir / f"sshd-{host.name}.log", "ab") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", host.netns, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env={**os.environ, **identity.env()})
         state["hosts"][-1]["sshd_pgid"] = proc.pid
-        (lab_dir / "lab.json").write_text(json.dumps(state))
+        save()
     if router_bundle is not None:
         start_router(lab_dir, router_bundle, lab_hosts(count, prefix), ctl, prefix, router_smp)
     inventory = write_inventory(lab_dir, lab_hosts(count, prefix), python, servers_per_host, router_bundle is not None,
@@ -247,28 +292,28 @@ def namespace_pids(netns: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
-def _stop_group(pgid: int, timeout: float = 10.0) -> None:
-    from bench_client.core.daemon import group_members
-
-    sig = signal.SIGTERM
-    deadline = time.monotonic() + timeout
-    while group_members(pgid):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        if time.monotonic() > deadline:
-            sig = signal.SIGKILL
-        time.sleep(0.1)
-
-
 def down(lab_dir: Path) -> None:
-    """Undo ``up``: close ssh masters, stop sshds by process group, delete the namespaces."""
+    """Undo ``up``: close ssh masters, stop sshds by process group, delete the namespaces.
+
+    Only in a lab directory of ours (lab.json is trusted no further than its directory), and even then
+    it deletes only namespaces named with the lab's prefix and signals only processes that carry the
+    identity recorded at ``up``."""
     try:
-        state = json.loads((lab_dir / "lab.json").read_text())
+        secure_dir(lab_dir, create=False)
+        state = json.loads(_read_file(lab_dir, "lab.json"))
     except (OSError, ValueError):
         return
+    prefix = str(state.get("prefix") or PREFIX)
+    if not _SAFE_PREFIX.fullmatch(prefix):
+        raise LabError(f"{lab_dir}/lab.json names prefix {prefix!r}; refusing to act on it")
+    identity = Identity(str(state.get("boot_id", "")), str(state.get("token", "")))
     ctl = state.get("controller")
+    named = [ctl] if ctl else []
+    named += [str(h.get("netns")) for h in state.get("hosts", [])]
+    foreign = [ns for ns in named if not ns.startswith(f"{prefix}-")]
+    if foreign:
+        raise LabError(f"{lab_dir}/lab.json names namespaces {foreign} outside the lab's prefix {prefix}-; "
+                       "refusing to act on it")
     if state.get("router"):
         from bench_client.netem import router as netem_router
 
@@ -277,13 +322,10 @@ def down(lab_dir: Path) -> None:
         _run("ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab", check=False)
     for host in state.get("hosts", []):
         if host.get("sshd_pgid"):
-            _stop_group(int(host["sshd_pgid"]))
-        # anything still running inside the lab's namespaces was started by the lab or its tests
-        for pid in namespace_pids(host["netns"]):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            terminate(int(host["sshd_pgid"]), timeout=10.0, identity=identity)
+        # what still runs inside a namespace of the lab (its prefix, checked above) was started by the lab
+        # or its tests; each is signalled with its start time checked (no PID reuse)
+        stop_processes(lambda ns=host["netns"]: namespace_pids(ns), timeout=2.0)
         _run("ip", "netns", "delete", host["netns"], check=False)
     if ctl:
         _run("ip", "netns", "delete", ctl, check=False)
@@ -293,6 +335,16 @@ def down(lab_dir: Path) -> None:
         except OSError:
             pass
     (lab_dir / "lab.json").unlink(missing_ok=True)
+
+
+def _read_file(lab_dir: Path, name: str, limit: int = 1 << 20) -> str:
+    dir_fd = os.open(lab_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd) as handle:
+        return handle.read(limit)
 
 
 @contextmanager
@@ -354,13 +406,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(up(args.dir, args.hosts, args.python, args.servers_per_host, router_bundle=args.router_vm,
                      connection=args.connection, router_smp=args.router_smp))
+        except LabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except (RuntimeError, ValueError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", "") or ""
             print(f"error: {exc} {detail}".strip(), file=sys.stderr)
             down(args.dir)
             return 2
     else:
-        down(args.dir)
+        try:
+            down(args.dir)
+        except LabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -183,6 +183,12 @@ def resolve_profile(spec: Any, force: bool = False) -> Profile | None:
         if spec.get("limit") not in (None, ""):
             fields["limit"] = parse_limit(spec["limit"])
         profile = Profile(name=str(spec.get("name") or "custom"), **fields)
+        unshaped = profile.name.strip().lower() == NO_SHAPING
+        if (unshaped or profile.name.lower().startswith("paper-")) and PAPER_PROFILES.get(profile.name) != profile:
+            # results are labelled by the profile's name: 'none' means unshaped, paper-* the paper's values
+            what = "no shaping" if unshaped else "the paper profiles"
+            raise ProfileError(f"the name {profile.name!r} is reserved ({what}) and these values differ from it; "
+                               "give the custom profile a name of its own, e.g. wan50")
         if not profile.shapes:
             raise ProfileError("profile shapes nothing: give a delay, rate or loss (or use the name 'none')")
     else:

@@ -176,6 +176,61 @@ def parse_profiles(value: Any) -> list[dict[str, Any]]:
     return result
 
 
+# The bench_client role's variables the pre-flight checks and converts: name -> smallest allowed value.
+BENCH_INTS = {"batch_size": 1, "num_micro_batches": 1, "num_processes": 1, "new_tokens": 0, "timeout": 1,
+              "poll_seconds": 1}
+
+
+def _whole_number(name: str, value: Any, minimum: int) -> int:
+    """An int from an int or a string of digits (extra vars arrive as strings); never a bool or 1.5."""
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(f"bench_client_{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise PlanError(f"bench_client_{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _int_list(name: str, value: Any, minimum: int) -> list[int]:
+    """A list of ints from a list, one number (-e bench_client_prompt_lengths=512), '256,512' or a JSON list."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else [item for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise PlanError(f"bench_client_{name} {text!r} is not a list; pass e.g. [256, 512] or 256,512") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise PlanError(f"bench_client_{name} must be a non-empty list of whole numbers, got {value!r}")
+    return [_whole_number(name, item, minimum) for item in value]
+
+
+def check_bench(bench: dict[str, Any], model: str) -> dict[str, Any]:
+    """The bench_client_* variables the user set (None: the role's default), checked and converted so
+    the role runs exactly what was validated: no scalar spelled out digit by digit, no 1.5 or 'abc'."""
+    given = {k: v for k, v in bench.items() if v is not None}
+    unknown = sorted(set(given) - set(BENCH_INTS) - {"prompt_lengths", "token_sweep", "extra_args"})
+    if unknown:
+        raise PlanError(f"unknown bench settings {unknown}")
+    checked: dict[str, Any] = {k: _whole_number(k, v, BENCH_INTS[k]) for k, v in given.items() if k in BENCH_INTS}
+    if "prompt_lengths" in given:
+        checked["prompt_lengths"] = _int_list("prompt_lengths", given["prompt_lengths"], 1)
+    if "token_sweep" in given:
+        try:
+            parse_token_sweep(str(given["token_sweep"]), model)
+        except ValueError as exc:
+            raise PlanError(f"bench_client_token_sweep: {exc}") from None
+        checked["token_sweep"] = str(given["token_sweep"])
+    if "extra_args" in given:
+        extra = given["extra_args"]
+        if not isinstance(extra, list) or not all(isinstance(a, (str, int, float)) for a in extra):
+            raise PlanError(f"bench_client_extra_args must be a list of flags, e.g. ['--seed', '1'], got {extra!r}")
+        checked["extra_args"] = [str(a) for a in extra]
+    return checked
+
+
 def check_groups(groups: dict[str, list[str]]) -> None:
     for group in GROUPS:
         if not groups.get(group):
@@ -283,6 +338,11 @@ def parse_systems(value: Any) -> list[str]:
         raise PlanError(f"systems {value!r} must include petals (for FlexGen alone: -e systems=petals,flexgen "
                         "--tags flexgen)")
     return list(dict.fromkeys(systems))
+def check_run_id(run_id: str) -> str:
+    """A run id names a results folder (and the runner's artifacts): one plain path component."""
+    if not _SAFE_NAME.match(run_id) or run_id in (".", ".."):
+        raise PlanError(f"run_id {run_id!r} is used as a results folder: use letters, digits, '.', '_' or '-'")
+    return run_id
 
 
 def make_plan(config: dict[str, Any]) -> dict[str, Any]:
@@ -306,11 +366,13 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
                 raise PlanError(f"host {info.name}: runtime {info.runtime!r} has no tasks in the server and DHT roles yet "
                                 f"(available: {', '.join(available) or 'none'}); set netbench_runtime=process")
     dtype = choose_dtype(config.get("dtype") or None, list(server_hosts.values()))
-    run_id = str(config.get("run_id") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
-    if not _SAFE_NAME.match(run_id):
-        raise PlanError(f"run_id {run_id!r} is used as a results folder: use letters, digits, '.', '_' or '-'")
+    run_id = check_run_id(str(config.get("run_id") or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())))
 
-    workload = resolve_workload(config.get("workload"), model.name)
+    # the bench_client_* values the user set, checked and converted once: the workload that sizes the
+    # servers' caches and the role's command line both use them
+    bench = check_bench(config.get("bench") or {}, model.name)
+    workload = resolve_workload({**(config.get("workload") or {}),
+                                 **{k: v for k, v in bench.items() if k in DEFAULT_WORKLOAD}}, model.name)
     cache_override = _count(config.get("attn_cache_tokens"), "(all)", "petals_server_attn_cache_tokens")
     if cache_override:
         workload["attn_cache_tokens"] = cache_override
@@ -358,7 +420,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
         "attn_cache_tokens": workload["attn_cache_tokens"], "systems": systems,
         "flexgen_host": gpu_servers[0] if "flexgen" in systems else None,
         "servers_by_host": {h: [s for s in servers if s["host"] == h] for h in counts},
-        "num_servers": len(servers), "num_gpus": num_gpus,
+        "num_servers": len(servers), "num_gpus": num_gpus, "bench": bench,
         "gpus_by_host": {h: len((data or {}).get("gpus_mib") or ()) for h, data in host_data.items()}, "memory": memory, "groups": groups,
     }
 

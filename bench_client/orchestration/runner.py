@@ -187,6 +187,8 @@ def run_experiment(
     """Run ``playbook`` with ansible-runner and return the outcome and where the results are."""
     import ansible_runner  # imported here so `--help` and the pure helpers stay fast
 
+    from bench_client.orchestration.plan import check_run_id
+
     project = Path(project_dir).resolve()
     inventory_path = Path(inventory or project / DEFAULT_INVENTORY)
     if not inventory_path.is_absolute():
@@ -198,7 +200,7 @@ def run_experiment(
         variables["model"] = model
     if profiles:
         variables["profiles"] = profiles
-    run_id = run_id or variables.get("run_id") or new_run_id()
+    run_id = check_run_id(str(run_id or variables.get("run_id") or new_run_id()))  # before anything is written
     variables["run_id"] = run_id
     results_root = Path(variables.get("results_dir") or project / "results")
     variables["results_dir"] = str(results_root)
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_experiment(inventory=args.inventory, model=args.model, profiles=args.profiles,
                                 extravars=extravars, tags=tags, skip_tags=args.skip_tags, run_id=args.run_id,
                                 check=args.check, verbose=args.verbose)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # plan.PlanError (a bad run id) is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tsvs = [str(d / "out.tsv") for d in result.profile_dirs]
