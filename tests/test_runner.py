@@ -8,7 +8,7 @@ import io
 import pytest
 
 from bench_client.netem.profiles import resolve_profile
-from bench_client.orchestration.progress import MARKER
+from bench_client.core.progress import MARKER
 from bench_client.orchestration.runner import (ProgressPrinter, _parse_extravar, build_parser, cleanup_command, failure_message,
                                  playbook_error)
 

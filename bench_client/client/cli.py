@@ -19,15 +19,15 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench_client.core import environment
-from bench_client.orchestration import progress
+from bench_client.core import environment, progress
 from bench_client.core.metrics import GenerateTiming, summarize
 from bench_client.core.models import UnknownModelError, get_model, write_model_dir
 from bench_client.swarm.peers import PeerError, resolve_initial_peers
 from bench_client.core.processes import fail
 from bench_client.core.results import SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
 from bench_client.swarm.server import DEFAULT_MODELS_DIR
-from bench_client.core.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining
+from bench_client.core.sweep import (ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining,
+                                     repeat_of, repeat_sweep)
 from bench_client.swarm.blocks import EXIT_MISSING_BLOCKS, EXIT_UNREACHABLE, SwarmView, connect, format_ranges, inspect
 from bench_client.client.workers import Task, WorkerError, WorkerPool, WorkerSpec
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from bench_client.orchestration import progress
+from bench_client.core import progress
 
 PROJECT_DIR = Path(os.environ.get("NETBENCH_PROJECT_DIR", Path(__file__).resolve().parents[2]))
 DEFAULT_INVENTORY = "inventory/local/hosts.yml"

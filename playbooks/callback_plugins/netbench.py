@@ -1,7 +1,7 @@
 """Ansible's default output, with the sweep's own progress line in place of "FAILED - RETRYING".
 
 The bench_client role polls the running sweep in a retry loop; each look carries the client's latest
-``[i/N ... ETA]`` line (bench_client.orchestration.progress). This prints that line when it changes, and nothing
+``[i/N ... ETA]`` line (bench_client.core.progress). This prints that line when it changes, and nothing
 for the looks in between; every other retry and every other event is the default callback's.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from ansible.plugins.callback.default import CallbackModule as DefaultCallback
 
 try:
-    from bench_client.orchestration.progress import from_result
+    from bench_client.core.progress import from_result
 except ImportError:  # bench_client not importable by this ansible-playbook: plain default output
     from_result = None
 
