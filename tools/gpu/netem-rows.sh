@@ -33,8 +33,10 @@ nproc >"$out/host.txt"; uname -r >>"$out/host.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/host.txt"
 smp=${ROUTER_SMP:-4}
 # the router's own limits on this host first (unshaped rate/RTT, each paper profile; ~1 min)
-python3 -m bench_client.netem.router bench --dir /tmp/netem-router-bench --bundle "$bundle" --smp "$smp" \
-  | tee "$out/router-bench.json"
+if [[ ${ROUTER_BENCH:-1} == 1 ]]; then  # ROUTER_BENCH=0: measured already on this kind of host
+  python3 -m bench_client.netem.router bench --dir /tmp/netem-router-bench --bundle "$bundle" --smp "$smp" \
+    | tee "$out/router-bench.json"
+fi
 # h1: DHT + client (unshaped); h2..: one Petals server each, shaped inside the router
 python3 -m bench_client.netem.lab up --dir "$lab" --hosts $((servers + 1)) --router-vm "$bundle" --router-smp "$smp" \
   --connection local --python "$(command -v python3)" | tee "$out/lab.txt"
