@@ -21,6 +21,12 @@ pidfile="$dir/deadman-$iface.pid"
 # The removal, also what the detached timer runs: only our own root qdisc is deleted.
 undo="tc qdisc show dev '$iface' root | grep -q '^qdisc [a-z_]* 4e54: root' && tc qdisc del dev '$iface' root"
 
+tcp_listening() {  # is a TCP socket of this network namespace listening on port $1? (/proc: no ss needed,
+  # the GPU hosts' images have none)
+  awk -v port=":$(printf '%04X' "$1")" '$4 == "0A" && substr($2, length($2) - 4) == port { found = 1 }
+    END { exit !found }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
 timer_pid() {  # the running timer's pid, or nothing (a stale or reused pid is ignored)
   pid=$(cat "$pidfile" 2>/dev/null) || return 0
   grep -qs netem-deadman "/proc/$pid/cmdline" && echo "$pid"
@@ -129,7 +135,7 @@ case $cmd in
     done
     listening=no
     for _ in $(seq 50); do
-      if ss -ltnH "sport = :$port" | grep -q .; then listening=yes; break; fi
+      if tcp_listening "$port"; then listening=yes; break; fi
       sleep 0.1
     done
     # shellcheck disable=SC2086  # a list of pids
