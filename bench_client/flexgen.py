@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench_client.core import environment
+from bench_client.core.arguments import positive_int
 from bench_client.core.metrics import per_gpu, throughput
 from bench_client.core.models import ModelSpec, UnknownModelError, get_model
 from bench_client.core.processes import fail
@@ -497,13 +498,6 @@ def run_child(argv: list[str]) -> int:
 
 
 # --- the benchmark --------------------------------------------------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

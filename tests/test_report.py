@@ -493,7 +493,7 @@ def test_several_runs_of_one_profile_are_separate_curves_and_rows(tmp_path: Path
 
 
 def test_flags_are_checked(results_dir: Path, capsys):
-    for flags, message in ((["--model", "opt-31b"], "unknown model 'opt-31b'"), (["--num-gpus", "-1"], "-1 is negative"),
+    for flags, message in ((["--model", "opt-31b"], "unknown model 'opt-31b'"), (["--num-gpus", "-1"], "must be >= 0, got -1"),
                            (["--weight-dtype", "int3"], "invalid choice: 'int3'")):
         with pytest.raises(SystemExit) as exc:
             main([str(results_dir), *flags])

@@ -19,17 +19,11 @@ import tempfile
 from pathlib import Path
 
 from bench_client.core.models import WEIGHT_DTYPES, UnknownModelError, get_model
+from bench_client.core.arguments import non_negative_int
 from bench_client.report.data import Defaults, ReportInputError, Results, load_results
 from bench_client.report.reference import PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
 
 EXIT_BAD_INPUT = 2
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
 
 
 def _model_name(text: str) -> str:
@@ -54,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--table-new-tokens",
-        type=_non_negative_int,
+        type=non_negative_int,
         help=f"rows with this many new tokens form the table (default: the paper's {PAPER_NEW_TOKENS} where measured, "
         "else the largest count measured)",
     )
@@ -63,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fill = parser.add_argument_group("for results without JSONL metadata (or metadata lacking the value)")
     fill.add_argument(
-        "--num-gpus", type=_non_negative_int, help="GPUs that served the model (per-GPU throughput divides by it)"
+        "--num-gpus", type=non_negative_int, help="GPUs that served the model (per-GPU throughput divides by it)"
     )
     fill.add_argument(
         "--gpu", dest="gpu_name", help="GPU name, e.g. 'Tesla T4' or 'NVIDIA H100 80GB HBM3' (for the roofline)"

@@ -147,24 +147,10 @@ def render_group(group: list[Derived]) -> tuple[bytes, bytes]:
         if per_gpu and anchors:
             x = anchors[0].row.new_tokens
             paper_gpus = PAPER_ANCHORS[first.row.model].paper_gpus
-            ax_tp.scatter(
-                [x],
-                [anchors[0].paper_petals],
-                marker="*",
-                s=160,
-                color="black",
-                zorder=5,
-                label=f"paper: Petals on {paper_gpus} × T4, per GPU",
-            )
-            ax_tp.scatter(
-                [x],
-                [anchors[0].paper_flexgen],
-                marker="D",
-                s=50,
-                color="grey",
-                zorder=5,
-                label="paper: FlexGen on one T4",
-            )
+            for value, marker, size, color, label in (
+                    (anchors[0].paper_petals, "*", 160, "black", f"paper: Petals on {paper_gpus} × T4, per GPU"),
+                    (anchors[0].paper_flexgen, "D", 50, "grey", "paper: FlexGen on one T4")):
+                ax_tp.scatter([x], [value], marker=marker, s=size, color=color, zorder=5, label=label)
 
         rooflines = {d.roofline for d in group if d.roofline is not None}
         roofline_note = (
