@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -149,3 +150,28 @@ def test_a_work_directory_not_ours_is_refused_and_left_alone(kind, tmp_path):
     messages = " ".join(f.message for f in result.failures)
     assert f"work directory {workdir} must be a directory of the run's user" in messages, out.getvalue()
     assert list(target.iterdir()) == [], "something was written into a directory that is not ours"
+
+
+@pytest.mark.root
+def test_probe_names_one_machine_the_same_from_every_namespace_even_without_machine_id(tmp_path):
+    """The pre-flight probe's machine id decides which hosts share a GPU (the emulated lab's namespaces on one
+    GPU host). The GPU hosts' image has no /etc/machine-id: the probe must then still give every namespace of
+    the machine the same id (the kernel's boot id), or 4 namespace servers on one GPU count as 4 GPUs."""
+    import yaml
+
+    probe = yaml.safe_load((ROOT / "roles/preflight/tasks/probe.yml").read_text())[0]["ansible.builtin.shell"]["cmd"]
+    script = tmp_path / "probe.sh"
+    script.write_text(probe)
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    ids = []
+    for hide in (False, True):
+        mount = f"mount --bind {empty} /etc/machine-id && " if hide else ""
+        # a private mount namespace (the bind mount stays in it) and a fresh network namespace, as a lab host
+        out = subprocess.run(["unshare", "--mount", "--net", "sh", "-c", f"{mount}sh {script}"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        ids.append(next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("machine_id=")))
+    machine_id = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
+    assert ids[0] == (machine_id or f"boot-{boot_id}")
+    assert ids[1] == f"boot-{boot_id}"
