@@ -136,18 +136,22 @@ class ProgressPrinter:
     def _print(self, text: str) -> None:
         print(f"[{self.now() - self.started:7.1f}s] {text}", file=self.out, flush=True)
 
+    def _sweep_line(self, data: dict[str, Any]) -> None:
+        host = data.get("remote_addr") or data.get("host", "?")
+        line = progress.from_result(data.get("res") or {})
+        if line is not None and self.progress.get(host) != line:
+            self.progress[host] = line
+            self._print(f"{'sweep':<8} {host:<16} {line}")
+
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
         data = event.get("event_data", {}) or {}
         if kind == "playbook_on_play_start":
             self._print(f"PLAY {data.get('play', '')}")
         elif kind == "runner_retry":  # the wait for the sweep: its own progress line when it changes
-            host = data.get("remote_addr") or data.get("host", "?")
-            line = progress.from_result(data.get("res") or {})
-            if line is not None and self.progress.get(host) != line:
-                self.progress[host] = line
-                self._print(f"{'sweep':<8} {host:<16} {line}")
+            self._sweep_line(data)
         elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
+            self._sweep_line(data)  # the wait's last look (no retry when the sweep ended between two looks)
             host = data.get("remote_addr") or data.get("host", "?")
             task = data.get("task", "")
             role = data.get("role", "")

@@ -37,12 +37,22 @@ class CallbackModule(DefaultCallback):
         super().__init__()
         self._netbench_last: dict[str, str] = {}
 
-    def v2_runner_retry(self, result) -> None:
+    def _netbench_sweep_line(self, result) -> bool:
+        """Show the sweep's progress line (when it changed) if this result carries one."""
         line = from_result(result._result) if from_result else None
         if line is None:
-            super().v2_runner_retry(result)
-            return
+            return False
         host = result._host.get_name()
         if self._netbench_last.get(host) != line:
             self._netbench_last[host] = line
             self._display.display(f"sweep [{host}]: {line}", color="cyan")
+        return True
+
+    def v2_runner_retry(self, result) -> None:
+        if not self._netbench_sweep_line(result):
+            super().v2_runner_retry(result)
+
+    def v2_runner_on_ok(self, result) -> None:
+        # the wait's last look: the sweep may have ended between two looks, with no retry to show its line
+        self._netbench_sweep_line(result)
+        super().v2_runner_on_ok(result)
