@@ -195,6 +195,6 @@ def test_a_host_with_another_bench_client_gets_the_controllers_or_is_refused(tmp
     wrapper = workdir / "harness" / "python"
     found = subprocess.run([str(wrapper), "-c", "import bench_client.core.provenance as p; print(p.code_hash(), p.__file__)"],
                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
-    assert found == [code_hash(), str(site / "bench_client" / "provenance.py")]
+    assert found == [code_hash(), str(site / "bench_client" / "core" / "provenance.py")]
     again = run_experiment(extravars=common, tags="provision", out=io.StringIO())
     assert again.ok and again.changed() == {"localhost": 0}, again.stats
