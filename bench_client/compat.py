@@ -34,6 +34,10 @@ What broke, and when each piece can go:
    device and keep them there; the result is bit-identical (tests/test_engine_units.py).
    NETBENCH_UPSTREAM_ALIBI=1 keeps the upstream function (for A/B measurements). Remove when petals
    moves to a transformers whose BLOOM no longer copies scalars to the device per call.
+7. hivemind's p2pd defaults reach beyond the experiment: NAT port mapping (SSDP to UDP 1900, NAT-PMP
+   to UDP 5351), AutoNAT probes, circuit relays (petals' server asks for them itself). Every P2P.create
+   runs with them off (``keep_p2p_private``; tests/test_private_p2p.py). Remove when hivemind and petals
+   take a private-swarm switch that our launchers can pass.
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ import sys
 import types
 import warnings
 
-from bench_client.swarm.peers import keep_p2p_private
 
 # Names petals 2.2.0.post1 imports from the top-level ``hivemind`` package, and where they live now.
 _HIVEMIND_NAMES: dict[str, str] = {
@@ -226,6 +229,32 @@ def _alibi_slopes_once_per_device() -> None:
 
     modeling_bloom.build_alibi_tensor = build_alibi_tensor
     block.build_alibi_tensor = build_alibi_tensor
+
+
+# p2pd options that reach beyond the experiment's own hosts: NAT port mapping (SSDP to UDP 1900,
+# NAT-PMP to UDP 5351 on the local network), AutoNAT probes, circuit relays, the IPFS bootstrap.
+PRIVATE_P2P_OPTIONS = {"nat_port_map": False, "auto_nat": False, "use_relay": False, "use_auto_relay": False,
+                       "use_ipfs": False}
+
+
+def keep_p2p_private() -> None:
+    """Make every p2pd this process (and its forked DHT processes) starts run with PRIVATE_P2P_OPTIONS.
+
+    hivemind's P2P.create is the one place all of them pass through (our DHT launcher, petals' server,
+    which passes use_relay/use_auto_relay=True itself, its reachability check and the client's
+    sequence manager), so it is wrapped here rather than each caller's arguments threaded through.
+    """
+    from hivemind.p2p import P2P
+
+    create = P2P.create
+    if getattr(create, "netbench_private", False):
+        return
+
+    async def private_create(*args, **kwargs):
+        return await create.__func__(P2P, *args, **{**kwargs, **PRIVATE_P2P_OPTIONS})
+
+    private_create.netbench_private = True  # type: ignore[attr-defined]
+    P2P.create = private_create  # type: ignore[method-assign]
 
 
 def apply() -> None:

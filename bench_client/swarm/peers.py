@@ -54,29 +54,3 @@ def resolve_initial_peers(peers: list[str] | None) -> list[str]:
         if not _MULTIADDR.match(peer):
             raise PeerError(f"{peer!r} is not a multiaddr like /ip4/10.0.0.1/tcp/31337/p2p/Qm...")
     return resolved
-
-
-# p2pd options that reach beyond the experiment's own hosts: NAT port mapping (SSDP to UDP 1900,
-# NAT-PMP to UDP 5351 on the local network), AutoNAT probes, circuit relays, the IPFS bootstrap.
-PRIVATE_P2P_OPTIONS = {"nat_port_map": False, "auto_nat": False, "use_relay": False, "use_auto_relay": False,
-                       "use_ipfs": False}
-
-
-def keep_p2p_private() -> None:
-    """Make every p2pd this process (and its forked DHT processes) starts run with PRIVATE_P2P_OPTIONS.
-
-    hivemind's P2P.create is the one place all of them pass through (our DHT launcher, petals' server,
-    which passes use_relay/use_auto_relay=True itself, its reachability check and the client's
-    sequence manager), so it is wrapped here rather than each caller's arguments threaded through.
-    """
-    from hivemind.p2p import P2P
-
-    create = P2P.create
-    if getattr(create, "netbench_private", False):
-        return
-
-    async def private_create(*args, **kwargs):
-        return await create.__func__(P2P, *args, **{**kwargs, **PRIVATE_P2P_OPTIONS})
-
-    private_create.netbench_private = True  # type: ignore[attr-defined]
-    P2P.create = private_create  # type: ignore[method-assign]
