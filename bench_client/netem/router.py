@@ -188,19 +188,32 @@ class Router:
         with open(self.dir / "ctl.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             deadline = time.monotonic() + timeout
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(str(self.socket_path))
-                sock.sendall(payload)
-                received = ""
-                while (reply := parse_reply(received, request_id)) is None:
-                    if time.monotonic() > deadline:
-                        raise RouterError(f"no reply from the router to {argv} in {timeout:.0f} s")
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        raise RouterError(f"the router closed its control channel during {argv}")
-                    received += chunk.decode(errors="replace")
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(timeout)
+                    sock.connect(str(self.socket_path))
+                    sock.sendall(payload)
+                    received = ""
+                    while (reply := parse_reply(received, request_id)) is None:
+                        if time.monotonic() > deadline:
+                            raise RouterError(f"no reply from the router to {argv} in {timeout:.0f} s")
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            raise RouterError(f"the router closed its control channel during {argv}")
+                        received += chunk.decode(errors="replace")
+            except OSError as exc:  # a router killed a moment ago: its socket resets before its pidfile says so
+                if self._stopped_within(2.0):
+                    raise RouterError(f"the router VM of {self.dir} is not running") from exc
+                raise RouterError(f"the router's control channel failed during {argv}: {exc}") from exc
         return reply
+
+    def _stopped_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def check(self, argv: list[str]) -> str:
         rc, out = self.exec(argv)
