@@ -23,7 +23,11 @@ export PATH="$bundle/bin:$PATH" PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 N
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 lab=/tmp/netbench-lab
 playbook() { python3 -m ansible.cli.playbook -i "$lab/hosts.yml" site.yml -e results_dir="$out/results" "$@"; }
+# PLAY_TIMEOUT=S: interrupt the experiment play after S seconds (a device call has a hard limit); the rows
+# measured so far are kept (the client's own copy too, host-results/) and a rerun with RESUME=DIR resumes.
+timed() { if [[ -n ${PLAY_TIMEOUT:-} ]]; then timeout -s INT -k 30 "$PLAY_TIMEOUT" "$@"; else "$@"; fi; }
 cleanup() {
+  cp -r "$lab/work/h1/results" "$out/host-results" 2>/dev/null || true
   playbook --tags cleanup >"$out/cleanup.log" 2>&1 || echo "cleanup play failed: see $out/cleanup.log" >&2
   cp -r "$lab/router/console.log" "$out/router-console.log" 2>/dev/null || true
   python3 -m bench_client.netem.lab down --dir "$lab"
@@ -41,5 +45,6 @@ fi
 python3 -m bench_client.netem.lab up --dir "$lab" --hosts $((servers + 1)) --router-vm "$bundle" --router-smp "$smp" \
   --connection local --python "$(command -v python3)" | tee "$out/lab.txt"
 python3 -m bench_client.netem.router status --dir "$lab/router" | tee "$out/router.json"
-playbook -e model="$model" -e netbench_device=cuda \
+[[ -z ${RESUME:-} ]] || { mkdir -p "$out/results" && cp -rn "$RESUME"/. "$out/results/"; }
+timed python3 -m ansible.cli.playbook -i "$lab/hosts.yml" site.yml -e results_dir="$out/results" -e model="$model" -e netbench_device=cuda \
   -e profiles=none,paper-10ms-1gbit,paper-10ms-100mbit,paper-100ms-100mbit "$@" 2>&1 | tee "$out/site.log"
