@@ -1,6 +1,7 @@
 """`ansible-playbook site.yml` on the local default inventory, end to end through the runner: a real
 CPU swarm (DHT + 2 servers on loopback), the benchmark client, the TSV and JSONL fetched under
-results/<run_id>/none/; a second provision+swarm run changes nothing; `--tags cleanup` stops every
+results/<run_id>/none/; a second provision+swarm run changes nothing; a rerun whose client host lost
+its rows resumes from the controller's copy; `--tags cleanup` stops every
 process of ours and closes its ports. About 2 minutes on 2 cores."""
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         again = run_experiment(inventory=inventory, extravars={**common, "run_id": run.run_id}, tags="provision,swarm",
                                out=io.StringIO())
         assert again.ok and again.changed() == {"localhost": 0}, again.stats
+
+        # a replaced client host (its copy of the rows gone) resumes from the controller's: nothing remeasured
+        host_rows = workdir / "results" / run.run_id / "none"
+        shutil.rmtree(host_rows)
+        resumed = run_experiment(inventory=inventory, extravars={**common, "run_id": run.run_id}, tags="bench",
+                                 out=io.StringIO())
+        assert resumed.ok, resumed.failures
+        assert (host_rows / "out.tsv").read_text() == (profile_dir / "out.tsv").read_text()
+        assert len((profile_dir / "out.tsv").read_text().splitlines()) == 2
+        assert len((profile_dir / "out.jsonl").read_text().splitlines()) == 2
     finally:
         cleanup = run_experiment(inventory=inventory, extravars=common, tags="cleanup", out=io.StringIO())
     assert cleanup.ok, cleanup.failures
