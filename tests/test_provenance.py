@@ -31,3 +31,10 @@ def test_a_launchers_word_wins_over_git(tmp_path, monkeypatch):
     [row] = read_metadata(tmp_path / "out.jsonl")
     # the writer's word: no --extra-metadata file can pass a row off as another launcher's
     assert row["git"] == {"commit": "0123abc", "dirty": True} and row["launcher"] == "ansible"
+
+
+def test_a_launchers_dirty_flag_in_the_usual_spellings(monkeypatch):
+    monkeypatch.setenv(provenance.COMMIT_ENV, "0123abc")
+    for text, dirty in [("0", False), ("1", True), ("no", False), ("True", True), ("maybe", None)]:
+        monkeypatch.setenv(provenance.DIRTY_ENV, text)
+        assert provenance.git_state() == {"commit": "0123abc", "dirty": dirty}, text

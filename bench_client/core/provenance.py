@@ -6,7 +6,7 @@ checkout (a host that got the harness as a wheel, a container, a GPU host given 
 
     NETBENCH_LAUNCHER    ansible | local_swarm (unset: the client was started by hand, "client")
     NETBENCH_GIT_COMMIT  the commit the launcher runs (unset: asked of git in this package's checkout)
-    NETBENCH_GIT_DIRTY   true | false: tracked files differ from that commit
+    NETBENCH_GIT_DIRTY   true | false (or 1 | 0, yes | no): tracked files differ from that commit
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # bench_client/
 PROJECT_DIR = PACKAGE_DIR.parent  # the checkout (or site-packages, for a wheel)
 LAUNCHER_ENV, COMMIT_ENV, DIRTY_ENV = "NETBENCH_LAUNCHER", "NETBENCH_GIT_COMMIT", "NETBENCH_GIT_DIRTY"
 BARE_CLIENT = "client"
+DIRTY_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _git(*args: str) -> str | None:
@@ -37,7 +38,8 @@ def git_state() -> dict[str, Any]:
     commit = os.environ.get(COMMIT_ENV) or None
     if commit:
         dirty_text = os.environ.get(DIRTY_ENV, "").strip().lower()
-        return {"commit": commit, "dirty": {"true": True, "false": False}.get(dirty_text)}
+        # anything else is "not known" rather than a guess
+        return {"commit": commit, "dirty": DIRTY_WORDS.get(dirty_text)}
     head = _git("rev-parse", "HEAD")
     if head is None:
         return {"commit": None, "dirty": None}
