@@ -24,13 +24,16 @@ export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 lab=/tmp/netbench-lab
 playbook() { python3 -m ansible.cli.playbook -i "$lab/hosts.yml" site.yml -e results_dir="$out/results" "$@"; }
 # PLAY_TIMEOUT=S: interrupt the experiment play after S seconds (a device call has a hard limit); the rows
-# measured so far are kept (the client's own copy too, host-results/) and a rerun with RESUME=DIR resumes.
+# measured so far are kept (the client's own copy too, host-results/) and a rerun with RESUME=DIR (the
+# results/ of the earlier call) resumes: the client host gets those rows back and measures only the rest.
+# ARCHIVE=FILE.tgz: the whole OUTDIR packed there at the end (a device call returns few, shallow files).
 timed() { if [[ -n ${PLAY_TIMEOUT:-} ]]; then timeout -s INT -k 30 "$PLAY_TIMEOUT" "$@"; else "$@"; fi; }
 cleanup() {
   cp -r "$lab/work/h1/results" "$out/host-results" 2>/dev/null || true
   playbook --tags cleanup >"$out/cleanup.log" 2>&1 || echo "cleanup play failed: see $out/cleanup.log" >&2
   cp -r "$lab/router/console.log" "$out/router-console.log" 2>/dev/null || true
   python3 -m bench_client.netem.lab down --dir "$lab"
+  [[ -z ${ARCHIVE:-} ]] || tar -C "$out" -czf "$ARCHIVE" .
 }
 trap cleanup EXIT
 nproc >"$out/host.txt"; uname -r >>"$out/host.txt"
