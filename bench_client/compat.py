@@ -21,7 +21,7 @@ What broke, and when each piece can go:
    server that cannot be dialled is never banned, so every retry goes back to the dead server. We
    carry the position over, return only the current tokens' outputs, refresh routes after each
    failure and ban a server whose session cannot be opened. Remove both
-   (``_recover_server_sessions``, ``_route_around_failed_servers``) when tests/test_faults.py passes
+   (``_recover_server_sessions``, ``_route_around_failed_servers``) when tests/processes/test_faults_mid_sweep.py passes
    without them.
 5. Closing a server inference session can raise BrokenPipeError, which petals swallows while the
    session stays "open"; the interpreter then hangs at exit (~3 in 55 client runs). We mark the
@@ -31,12 +31,12 @@ What broke, and when each piece can go:
    two per block per step for OPT's 56 or 96 heads. Each one stalls the server's runtime thread until
    the GPU has drained its queue, so Python never runs ahead of the GPU (profiled on an H200: 69 % of a
    server's samples wait there, docs/results/gpu/). We compute the slopes once per head count and
-   device and keep them there; the result is bit-identical (tests/test_engine_units.py).
+   device and keep them there; the result is bit-identical (tests/unit/test_engine_pure_parts.py).
    NETBENCH_UPSTREAM_ALIBI=1 keeps the upstream function (for A/B measurements). Remove when petals
    moves to a transformers whose BLOOM no longer copies scalars to the device per call.
 7. hivemind's p2pd defaults reach beyond the experiment: NAT port mapping (SSDP to UDP 1900, NAT-PMP
    to UDP 5351), AutoNAT probes, circuit relays (petals' server asks for them itself). Every P2P.create
-   runs with them off (``keep_p2p_private``; tests/test_private_p2p.py). Remove when hivemind and petals
+   runs with them off (``keep_p2p_private``; tests/isolated/test_private_p2p.py). Remove when hivemind and petals
    take a private-swarm switch that our launchers can pass.
 """
 

@@ -1,4 +1,4 @@
-"""Run as a subprocess by test_correctness.py: greedy tokens and logits from the private swarm for a
+"""Run as a subprocess by test_swarm_correctness.py: greedy tokens and logits from the private swarm for a
 saved model, printed as JSON. A separate process so petals' p2p state dies with it."""
 
 import json

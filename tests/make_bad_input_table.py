@@ -5,7 +5,7 @@ tables, not copies) plus a few of this module's own (launchers, swarm CLI, firew
     .venv/bin/python tests/make_bad_input_table.py            # all cases (Ansible ones take minutes)
     .venv/bin/python tests/make_bad_input_table.py --out /tmp/bad-inputs.md
 
-tests/test_bad_inputs.py checks that the committed table lists every case with its expected text.
+tests/processes/test_bad_input_refusals.py checks that the committed table lists every case with its expected text.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Callable
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-sys.path.insert(0, str(TESTS))
+# the shared helpers, then the test modules whose cases this table lists (tests are arranged by kind)
+sys.path[:0] = [str(TESTS)] + [str(TESTS / kind) for kind in ("unit", "processes", "ansible", "isolated")]
 DOC = ROOT / "docs" / "bad-inputs.md"
 PUBLIC_PEER = "/dns/bootstrap1.petals.dev/tcp/31337/p2p/QmedTaZXmULqwspJXz44SsPZyTNKxhnnFvYRajfH7MGhCY"
 
@@ -59,34 +60,34 @@ def _cli(module: str, argv: list[str], timeout: float = 180) -> Callable[[Path],
 
 
 def engine_cases() -> list[Case]:
-    import test_engine_units as units
+    import test_engine_pure_parts as units
 
     cases = []
     for args, message in _marks(units.test_client_refuses_bad_input_before_connecting):
         argv = ["--initial_peers", units.PEER, "--prefix", "netbench/tiny", "--output", "{tmp}/out.tsv", *args]
         cases.append(Case("bench_client (client CLI)", "client " + " ".join(args), " ".join(args), message,
-                          "test_engine_units.py::test_client_refuses_bad_input_before_connecting",
+                          "test_engine_pure_parts.py::test_client_refuses_bad_input_before_connecting",
                           _cli("bench_client", argv)))
     for args, message in _marks(units.test_server_refuses_bad_input):
         base = ["--model", "netbench/tiny"] + ([] if "--initial-peers" in args else ["--initial-peers", units.PEER])
         cases.append(Case("bench_client.swarm.server", "server " + " ".join(args), " ".join(args), message,
-                          "test_engine_units.py::test_server_refuses_bad_input", _cli("bench_client.swarm.server",
+                          "test_engine_pure_parts.py::test_server_refuses_bad_input", _cli("bench_client.swarm.server",
                                                                                       base + list(args))))
     return cases
 
 
 def flexgen_cases() -> list[Case]:
-    import test_flexgen as flexgen
+    import test_flexgen_policy_and_rows as flexgen
 
-    test = "test_flexgen.py::test_cli_bad_input_fails_before_running_anything"
+    test = "test_flexgen_policy_and_rows.py::test_cli_bad_input_fails_before_running_anything"
     return [Case("bench_client.flexgen (FlexGen CLI)", "flexgen " + " ".join(args), " ".join(args), message, test,
                  _cli("bench_client.flexgen", ["--model", "facebook/opt-30b", "--output", "{tmp}/out.tsv", *args]))
             for args, message in _marks(flexgen.test_cli_bad_input_fails_before_running_anything)]
 
 
 def own_cli_cases() -> list[Case]:
-    """Refusals checked by tests/test_bad_inputs.py itself (nothing else covers them)."""
-    test = "test_bad_inputs.py::test_launchers_refuse"
+    """Refusals checked by tests/processes/test_bad_input_refusals.py itself (nothing else covers them)."""
+    test = "test_bad_input_refusals.py::test_launchers_refuse"
     return [
         Case("bench_client.swarm.dht", "dht --initial-peers public", f"--initial-peers {PUBLIC_PEER}",
              "is a public Petals bootstrap peer", test,
@@ -175,7 +176,7 @@ def workdir_cases() -> list[Case]:
             return result.rc, " | ".join(f.message for f in result.failures).replace(str(workdir) + "/", "")
         return run
 
-    test = "test_ansible_preflight.py::test_a_work_directory_not_ours_is_refused_and_left_alone"
+    test = "test_preflight_refusals.py::test_a_work_directory_not_ours_is_refused_and_left_alone"
     return [Case("Ansible experiment: the hosts' work directory (netbench_host role)", f"workdir {kind}",
                  f"-e netbench_workdir=DIR ({what})", "must be a directory of the run's user", test, runner(kind))
             for kind, what in (("owner", "owned by uid 65534"), ("writable", "mode 0777"))]
@@ -199,7 +200,7 @@ def report_cases() -> list[Case]:
 
 
 def preflight_cases() -> list[Case]:
-    import test_ansible_preflight as preflight
+    import test_preflight_refusals as preflight
     from bench_client.orchestration.runner import run_experiment
 
     def runner(extravars: dict, variant: str | None) -> Callable[[Path], tuple[int, str]]:
@@ -220,7 +221,7 @@ def preflight_cases() -> list[Case]:
                  "inventory with an empty group 'clients'" if variant else
                  "-e '" + " ".join(f"{k}={v}" for k, v in extravars.items()) + "'")
         cases.append(Case("Ansible experiment (inventory and extra vars, site.yml pre-flight)", f"ansible {name}",
-                          shown, expected, "test_ansible_preflight.py::test_refused_before_any_host_changes",
+                          shown, expected, "test_preflight_refusals.py::test_refused_before_any_host_changes",
                           runner(extravars, variant)))
     return cases
 
@@ -269,7 +270,7 @@ def render(results: list[tuple[Case, int, str]]) -> str:
         Generated by `tests/make_bad_input_table.py` from real runs (do not edit by hand): each bad input
         was given to the real command, playbook or report, and the message column is what it printed.
         Every one is refused before any host is changed or any file is written. The "checked by" test
-        asserts the expected text; `tests/test_bad_inputs.py` checks that this table is complete.
+        asserts the expected text; `tests/processes/test_bad_input_refusals.py` checks that this table is complete.
         """)]
     area = None
     for case, code, message in results:

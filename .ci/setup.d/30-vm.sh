@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian VMs with a real netem kernel for the shaping tests (tests/test_netem_vm.py): qemu (TCG),
+# Debian VMs with a real netem kernel for the shaping tests (tests/isolated/test_netem_role_vm.py): qemu (TCG),
 # Debian's cloud kernel (its sch_netem.ko loads; this machine's kernel has no netem), debootstrap
 # and a static busybox for the initramfs. The image is built once into NETBENCH_VM_CACHE
 # (default /var/cache/netbench-vm) and reused while its recipe is unchanged.

@@ -11,7 +11,7 @@
 #   NETBENCH_GIT_COMMIT=<commit> bash tools/gpu/parity.sh run OUTDIR   # where the copy has no .git
 # OUTDIR gets ansible/<run_id>/none/out.{tsv,jsonl}, local_swarm/out.{tsv,jsonl}, the logs,
 # parity.json (the comparison) and gpu.txt. Exit status: 0 within the tolerance, 1 outside, other: failed.
-# The same script runs on CPU with a tiny model (tests/test_parity_script.py):
+# The same script runs on CPU with a tiny model (tests/ansible/test_gpu_parity_script.py):
 #   MODEL=netbench/tiny DEVICE=cpu DTYPE=float32 SERVERS=2 ... bash tools/gpu/parity.sh run OUTDIR
 set -euo pipefail
 stage="${1:?usage: parity.sh wheels | run OUTDIR}"

@@ -5,7 +5,7 @@ the block that shapes and benchmarks, the always that unshapes) and the real net
 two qemu VMs with a netem kernel (tests/vm, a cluster of this module's own): both are servers, vm1 is
 also the client. While the paper profile is in effect and the benchmark runs, vm2's qemu is killed
 (SIGKILL: no shutdown, no FIN on the wire). The benchmark is a stand-in role (the real client needs a
-swarm; tests/test_faults.py covers what it does when a server dies): it fails like the real client
+swarm; tests/processes/test_faults_mid_sweep.py covers what it does when a server dies): it fails like the real client
 does when its server stops answering. Checked: the play exits non-zero and names vm2 UNREACHABLE; vm1
 has no qdisc of ours and no dead-man timer, seconds after the kill, long before its dead-man timer
 would have fired; vm2 is booted again afterwards.

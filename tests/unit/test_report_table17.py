@@ -1,6 +1,6 @@
 """The report's paper layout of Table 17, medians over repeats and the claims checked.
 
-Petals rows are synthetic schema-1 records (tests/test_report.py's helpers); FlexGen rows are made by
+Petals rows are synthetic schema-1 records (tests/unit/test_report.py's helpers); FlexGen rows are made by
 bench_client.flexgen's own row writer from the captured FlexGen log (tests/fixtures), so both
 systems' rows are in the formats the harness writes. Also run on the committed GPU rows.
 """
@@ -20,8 +20,8 @@ from bench_client.report.table import derive_all
 from bench_client.report.data import Defaults, load_results
 from bench_client.core.results import ResultsWriter
 
-REPO = Path(__file__).resolve().parents[1]
-LOG = (Path(__file__).parent / "fixtures" / "flexgen-0.1.8-benchmark.log").read_text()
+REPO = Path(__file__).resolve().parents[2]
+LOG = (Path(__file__).parents[1] / "fixtures" / "flexgen-0.1.8-benchmark.log").read_text()
 BIG_BATCH = parse_log(LOG)  # 64 sequences: prefill 3.918 s, decode 9.874 s
 
 

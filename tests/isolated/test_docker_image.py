@@ -6,7 +6,7 @@
 - The image's labels and tag carry the package version and the content hash.
 - The DHT, two servers (blocks 0:2 and 2:4 of netbench/tiny, CPU) and the client run as containers
   of that image with plain `docker run --net host --ipc host` on loopback (the image alone;
-  tests/test_docker_runtime.py runs the same through the roles); the client's TSV is checked.
+  tests/isolated/test_site_docker_runtime.py runs the same through the roles); the client's TSV is checked.
 - The role's remove_containers removes exactly this run's containers: another run's container and
   a foreign one started by the test survive; without a run id, only the project's go.
 

@@ -143,7 +143,7 @@ def test_daemon_run_refuses_another_command_and_takes_over_the_same(tmp_path):
         assert other.returncode == 2 and "another benchmark runs on this swarm" in err, err
         assert start_ticks(record.pid) == record.start_ticks, "the refused run touched the running one"
         # an interrupted run's rerun: the same command line stops the stale one (proven ours) and runs
-        # (also when only the output is the same: tests/test_one_run_per_swarm.py, through site.yml)
+        # (also when only the output is the same: tests/ansible/test_one_run_per_swarm.py, through site.yml)
         again = _daemon_run(pidfile, "sleep", "301")
         new = _wait_for(pidfile, pid_not=record.pid)
         assert start_ticks(record.pid) is None and first.wait(timeout=10) is not None

@@ -34,7 +34,7 @@ from localswarm import LocalSwarm, Managed, group_members
 from secrets_scan import key_fragments, leaks
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "netbench/tiny"
 EXIT_MEASUREMENT_FAILED = 5
 

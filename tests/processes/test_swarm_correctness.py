@@ -38,7 +38,7 @@ def test_swarm_matches_transformers_on_the_same_weights(tmp_path):
                                       do_sample=False, output_scores=True, return_dict_in_generate=True)
 
     swarm = LocalSwarm(tmp_path)
-    swarm.env["PYTHONPATH"] = str(Path(__file__).parent)  # for correctness_client.py
+    swarm.env["PYTHONPATH"] = str(Path(__file__).parents[1])  # for correctness_client.py
     try:
         swarm.start_dht()
         for name, span in (("server-a", "0:2"), ("server-b", "2:4")):

@@ -1,6 +1,6 @@
 """The client host drops out mid-benchmark: the play fails promptly and the servers are unshaped.
 
-The real `site.yml` on the emulated inventory (tests/test_ansible_emulated.py's lab: three network
+The real `site.yml` on the emulated inventory (tests/isolated/test_site_emulated_ssh.py's lab: three network
 namespaces with sshd, the DHT and the client on h1, a server on each of h2 and h3) with a rate-only
 custom profile (tbf: this kernel has no netem) and a sweep far longer than the test needs. Once h2
 and h3 are shaped and the client has written its first row, h1's link is set down from inside its
@@ -32,7 +32,7 @@ from bench_client.core.processes import terminate_tree
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = f"nbd{os.getpid() % 10000}"
 RATE_PROFILE = {"name": "rate20", "rate": "20mbit"}
 # Far more than the test waits for (the first row, then the cut): 8 prompt lengths x 32 new tokens

@@ -19,7 +19,7 @@ from bench_client.netem import profiles as netem
 from bench_client.netem import router as netem_router
 from bench_client.netem.router import RouterError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # `tc -j qdisc show dev ifb01` in the router after shaping with paper-10ms-100mbit (recorded there).
 IFB_10MS_100MBIT = json.dumps([{
     "kind": "netem", "handle": "4e54:", "root": True, "refcnt": 2,

@@ -37,9 +37,9 @@ from bench_client.flexgen import (
 from bench_client.core.models import get_model
 from bench_client.report.data import Defaults, load_results
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 LOG = (FIXTURES / "flexgen-0.1.8-benchmark.log").read_text()
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_parse_log_reads_flexgens_last_entry():

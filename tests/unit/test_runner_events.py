@@ -1,5 +1,5 @@
 """bench_client.orchestration.runner's own logic: event handling (progress and failures), -e parsing, errors.
-The wrapper's real runs are in tests/test_ansible_local.py and test_ansible_emulated.py."""
+The wrapper's real runs are in tests/ansible/test_site_local.py and test_site_emulated_ssh.py."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ import pytest
 
 from bench_client.netem import router as netem_router
 from bench_client.netem import lab as netns_lab
-from tests.test_ansible_emulated import PREFIX, SWEEP, petals_netbench
-from tests.test_netem_router import bundle
+from test_site_emulated_ssh import PREFIX, SWEEP, petals_netbench
+from test_netem_router_vm import bundle
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

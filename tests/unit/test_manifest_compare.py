@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 from secrets_scan import leaks
-from test_report_summary import write_flexgen, write_petals
+from test_report_table17 import write_flexgen, write_petals
 
 from bench_client.report.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_manifest(run_dir: Path, extra_vars: dict, hosts: dict | None = None) -> subprocess.CompletedProcess:

@@ -61,7 +61,7 @@ def test_dht_sends_no_nat_port_mapping_and_runs_p2pd_private(namespace, tmp_path
     dht = subprocess.Popen(ns(sys.executable, "-m", "bench_client.swarm.dht", "--address-file", str(address),
                               "--host-maddrs", "/ip4/0.0.0.0/tcp/0"),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     try:
         deadline = time.monotonic() + 60
         while not address.exists() and time.monotonic() < deadline and dht.poll() is None:

@@ -19,7 +19,7 @@ import pytest
 from localswarm import group_members
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK_BIN = Path(sys.executable).with_name("ansible-playbook")
 DHT_PORT = 31337
 SUBNET = "10.231"  # only inside the namespaces this test makes

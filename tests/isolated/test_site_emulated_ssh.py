@@ -20,7 +20,7 @@ from bench_client.netem import lab as netns_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = f"nbt{os.getpid() % 10000}"
 RATE_MBIT = 20
 SWEEP = ["-e", "bench_client_prompt_lengths=[16]", "-e", "bench_client_new_tokens=4",

@@ -14,7 +14,7 @@ import pytest
 
 from bench_client.orchestration.runner import run_experiment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CASES = {
     "unknown-model": ({"model": "facebook/opt-9000"}, None, "unknown model 'facebook/opt-9000'"),
@@ -27,8 +27,8 @@ CASES = {
     "gpu-without-gpus": ({"netbench_device": "cuda"}, None, "GPU runtime asked (netbench_device=cuda) but no NVIDIA GPU"),
     "model-does-not-fit": ({"model": "facebook/opt-175b"}, None, "facebook/opt-175b in float32 needs 695.8 GB"),
     "shaping-on-local": ({"profiles": "paper-10ms-100mbit"}, None, "shaping is off on localhost"),
-    # docker is implemented by the roles now (tests/test_docker_runtime.py runs it); a runtime without tasks
-    # is refused too (tests/test_ansible_plan.py::test_runtime_without_role_tasks)
+    # docker is implemented by the roles now (tests/isolated/test_site_docker_runtime.py runs it); a runtime without tasks
+    # is refused too (tests/unit/test_plan.py::test_runtime_without_role_tasks)
     "unknown-runtime": ({"netbench_runtime": "podman"}, None, "runtime 'podman' is not one of process, docker"),
     "unknown-system": ({"systems": "petals,vllm"}, None, "expected a comma-separated subset of petals, flexgen"),
     "flexgen-without-gpu": ({"systems": "petals,flexgen"}, None, "flexgen, which needs a CUDA GPU"),

@@ -1,5 +1,5 @@
 """Unit tests of the pre-flight plan (bench_client.orchestration.plan): every refusal, spans and memory sums.
-Pure functions, no Ansible; tests/test_ansible_preflight.py runs the same refusals through Ansible."""
+Pure functions, no Ansible; tests/ansible/test_preflight_refusals.py runs the same refusals through Ansible."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from bench_client.report.cli import main
 from bench_client.report.reference import PAPER_ANCHORS, gpu_bandwidth_gbps, roofline_tokens_per_s_per_gpu
 from bench_client.report.table import CSV_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 H100 = "NVIDIA H100 80GB HBM3"
 OPT30B_FP16_BYTES = get_model("facebook/opt-30b").model_bytes("float16")
 

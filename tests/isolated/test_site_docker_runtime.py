@@ -13,7 +13,7 @@ containers of the swarm image (built here from a snapshot of the source, no regi
   `--gpus device=N`, and the server inside uses cuda:0.
 
 The Docker engine role is skipped (--skip-tags docker): dockerd here is started by
-.ci/setup.d/40-docker.sh, not by a service manager; tests/test_provision.py tests that role.
+.ci/setup.d/40-docker.sh, not by a service manager; tests/isolated/test_provision_docker_host.py tests that role.
 Wall time here (2 cores, shared): ~1 min with the image cached (a cold image build adds ~5 min).
 """
 
