@@ -1,13 +1,16 @@
 """The experiment plan: validate what the user asked against the inventory, before any host changes.
 
 The Ansible pre-flight play collects the inventory (groups, per-host devices, memory, GPUs found by
-a read-only probe) and the user's choices (model, dtype, profiles), and calls
+a read-only probe) and the user's choices (model, dtype, profiles), and passes them as one dict to
+its action plugin ``netbench_plan`` (roles/preflight/action_plugins), which calls :func:`run_plan`
+in the controller's ansible-playbook process and returns the plan (servers with their block spans,
+ports and container devices, resolved profiles, memory sums) or fails with the PlanError's message.
+By hand, the same input:
 
     python -m bench_client.orchestration.plan --json '{...}'        # or --file plan-input.json
 
-which prints the plan as JSON (servers with their block spans and ports, profiles, memory sums)
-or exits with code 2 and ONE line ``error: <what is wrong and what to fix>``. Everything here is
-a pure function, so each refusal is unit-tested without Ansible.
+prints the plan as JSON or exits with code 2 and ONE line ``error: <what is wrong and what to fix>``.
+Everything here is a pure function, so each refusal is unit-tested without Ansible.
 """
 
 from __future__ import annotations
@@ -392,8 +395,11 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
             start, end = spans[i]
             # several servers per GPU: round-robin over the host's GPUs, as local_swarm --gpus does
             gpu = index % len(server_hosts[host].gpus_mib) if server_hosts[host].device == "cuda" else None
+            # container_gpus: the Docker runtime's --gpus (the server then sees its GPU as cuda:0, as the
+            # process runtime's CUDA_VISIBLE_DEVICES=gpu does); empty on CPU
             servers.append({"host": host, "index": index, "start": start, "end": end, "span": f"{start}:{end}",
                             "device": "cpu" if gpu is None else f"cuda:{gpu}", "gpu": gpu,
+                            "container_gpus": "" if gpu is None else f"device={gpu}",
                             "port": port_base + index if port_base else 0, "name": f"server{index}"})
             i += 1
 
@@ -425,6 +431,14 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_plan(config: dict[str, Any]) -> dict[str, Any]:
+    """The plan of a run (make_plan) with the controller's provenance: what the pre-flight publishes."""
+    plan = make_plan(config)
+    plan["git"] = provenance.git_state()  # the controller's checkout, recorded in every row the run writes
+    plan["code_hash"] = provenance.code_hash()  # every process host must run exactly this bench_client
+    return plan
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.plan", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -433,15 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = json.loads(args.json) if args.json is not None else json.loads(open(args.file).read())
-        plan = make_plan(config)
+        plan = run_plan(config)
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as exc:
         print(f"error: cannot read the plan input: {exc}", file=sys.stderr)
         return 2
-    plan["git"] = provenance.git_state()  # the controller's checkout, recorded in every row the run writes
-    plan["code_hash"] = provenance.code_hash()  # every process host must run exactly this bench_client
     print(json.dumps(plan, sort_keys=True))
     return 0
 

@@ -171,7 +171,9 @@ def test_probe_names_one_machine_the_same_from_every_namespace_even_without_mach
         # a private mount namespace (the bind mount stays in it) and a fresh network namespace, as a lab host
         out = subprocess.run(["unshare", "--mount", "--net", "sh", "-c", f"{mount}sh {script}"],
                              capture_output=True, text=True, timeout=60, check=True).stdout
-        ids.append(next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("machine_id=")))
+        probed = json.loads(out)  # one JSON object (the role reads it with from_json)
+        assert probed["mem_kb"] > 0 and probed["gpus_mib"] == [], probed  # no NVIDIA GPU on this machine
+        ids.append(probed["machine_id"])
     machine_id = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
     assert ids[0] == (machine_id or f"boot-{boot_id}")
     assert ids[1] == f"boot-{boot_id}"

@@ -117,7 +117,8 @@ def test_swarm_wait_times_out_naming_the_missing_blocks(tmp_path):
     try:
         run = run_experiment(extravars={**common, "petals_server_wait_timeout": 15,
                                         "petals_server_instances": [{"name": "server0", "span": "0:2",
-                                                                     "device": "cpu", "port": 0}]},
+                                                                     "device": "cpu", "gpu": None,
+                                                                     "container_gpus": "", "port": 0}]},
                              tags="provision,swarm", out=out)
         assert run.rc != 0
         [failure] = run.failures

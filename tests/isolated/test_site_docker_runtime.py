@@ -145,8 +145,10 @@ def test_gpu_servers_are_pinned_to_their_gpu(tmp_path):
     workdir = tmp_path / "work"
     (workdir / "run").mkdir(parents=True)
     plan = {"model": "facebook/opt-30b", "dtype": "float16", "num_gpus": 2, "run_id": "gpu1",
-            "servers_by_host": {"localhost": [{"name": "server0", "span": "0:24", "device": "cuda:0", "port": 31400},
-                                              {"name": "server1", "span": "24:48", "device": "cuda:1", "port": 31401}]}}
+            "servers_by_host": {"localhost": [
+                {"name": "server0", "span": "0:24", "device": "cuda:0", "gpu": 0, "container_gpus": "device=0", "port": 31400},
+                {"name": "server1", "span": "24:48", "device": "cuda:1", "gpu": 1, "container_gpus": "device=1",
+                 "port": 31401}]}}
     playbook = tmp_path / "servers.yml"
     playbook.write_text("- hosts: localhost\n  gather_facts: false\n  roles: [petals_server]\n")
     ansible_playbook(playbook, extra_vars={

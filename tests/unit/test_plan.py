@@ -51,6 +51,9 @@ def test_spans_spread_over_hosts_and_gpus():
     assert [(s["host"], s["device"], s["span"]) for s in plan["servers"]] == [
         ("g1", "cuda:0", "0:12"), ("g1", "cuda:1", "12:24"), ("g2", "cuda:0", "24:36"), ("g2", "cuda:1", "36:48")]
     assert plan["dtype"] == "float16" and plan["num_gpus"] == 4 and plan["gpus_by_host"]["c"] == 0
+    # the container devices the Docker runtime runs (each server's container sees only its GPU)
+    assert [s["container_gpus"] for s in plan["servers"]] == ["device=0", "device=1", "device=0", "device=1"]
+    assert [s["container_gpus"] for s in make_plan(config())["servers"]] == ["", ""]
 
 
 def test_unknown_model():

@@ -1,18 +1,17 @@
-"""Thin Jinja filters over bench_client.netem.profiles (the pure, unit-tested logic) for the netem role."""
+"""Thin Jinja filters over bench_client.netem.profiles (the pure, unit-tested logic) for the netem role.
+
+The bridge's convention (as roles/preflight/action_plugins/netbench_plan.py): plugins of the role that
+uses them, importing the package installed in ansible-playbook's Python (bench_client/install.sh
+installs the controller so), plain data in and out, the package's one-line errors as the task's.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-try:
-    from bench_client.netem import profiles as netem
-except ImportError:  # a controller without the package installed: use the checkout this role lives in
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
-    from bench_client.netem import profiles as netem
+from bench_client.netem import profiles as netem
 
 
 def _profile(data: Any) -> netem.Profile | None:

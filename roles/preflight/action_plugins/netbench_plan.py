@@ -1,0 +1,41 @@
+"""Action plugin netbench_plan: the experiment's plan, computed by bench_client.orchestration.plan.
+
+The one bridge from the roles to the package on the controller: the task's arguments are the plan
+input (the dict ``python -m bench_client.orchestration.plan --json`` takes), the result's ``plan`` is
+the plan (JSON in, JSON out), and a refusal fails the task with the plan's own one-line message.
+An action plugin runs in ansible-playbook's process, on no host, so bench_client must be importable
+there (bench_client/install.sh installs the controller so).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.json import AnsibleJSONEncoder
+from ansible.plugins.action import ActionBase
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False  # pure computation on the controller
+
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        try:
+            from bench_client.orchestration import plan
+        except ImportError as exc:
+            raise AnsibleActionFail(
+                f"bench_client is not importable by ansible-playbook's Python ({sys.executable}): {exc}; "
+                "install the controller (bash bench_client/install.sh) or put the checkout on PYTHONPATH") from exc
+        # plain JSON types, exactly what the command line would parse (templated args may be tagged)
+        config = json.loads(json.dumps(self._task.args, cls=AnsibleJSONEncoder))
+        try:
+            result["plan"] = plan.run_plan(config)
+        except plan.PlanError as exc:
+            result.update(failed=True, msg=str(exc))
+            return result
+        result["changed"] = False
+        return result
