@@ -43,7 +43,7 @@ depmod -b "$work/kernel" "$kver"  # the package leaves modules.dep to its postin
 
 # 2. Root file system.
 debootstrap --variant=minbase \
-  --include=openssh-server,python3,iproute2,iperf3,iputils-ping,kmod,procps \
+  --include=openssh-server,python3,python3-apt,iproute2,iperf3,iputils-ping,kmod,procps \
   bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -n 30 "$work/debootstrap.log"; exit 1; }
 rootfs=$work/rootfs
 mkdir -p "$rootfs/lib/modules/$kver/kernel/drivers"
