@@ -97,10 +97,12 @@ case $cmd in
       printf '{"interface": "", "wanted": "%s", "interfaces": "%s"}\n' "$iface" "$interfaces"
       exit 0
     fi
-    # Kernel support does not change until a reboot, which also empties /run: cache it there.
-    support=$(cat "$dir/support-$(uname -r)" 2>/dev/null) || {
-      support=$(probe)
-      mkdir -p "$dir" && echo "$support" >"$dir/support-$(uname -r)"
+    # Kernel support does not change until a reboot, which also empties /run, or until sch_netem is
+    # loaded (provisioning: tasks/module.yml): cache it there, under both.
+    cache() { echo "$dir/support-$(uname -r)$([ -d /sys/module/sch_netem ] && echo -netem)"; }
+    support=$(cat "$(cache)" 2>/dev/null) || {
+      support=$(probe)  # (it loads the modules it can)
+      mkdir -p "$dir" && echo "$support" >"$(cache)"
     }
     address=$(ip -4 -o addr show dev "$iface" | awk '{split($4, a, "/"); print a[1]; exit}')
     qdiscs=$(tc -j qdisc show dev "$iface")
