@@ -59,7 +59,7 @@ def resolve_profile(item: Any) -> dict[str, Any]:
     except netem.ProfileError as exc:
         raise PlanError(f"network profile {item!r}: {exc}") from None
     if profile is None:
-        return {"name": netem.NO_SHAPING, "netem": None, "describe": None}
+        return {"name": netem.NO_SHAPING, "netem": None, "describe": None, "needs_netem": False}
     if isinstance(item, dict):
         if not item.get("name"):
             raise PlanError(f"custom network profile {item!r} needs a name (it names the results folder), "
@@ -67,7 +67,8 @@ def resolve_profile(item: Any) -> dict[str, Any]:
         spec: Any = {k: v for k, v in item.items() if v not in (None, "")}
     else:
         spec = profile.name
-    return {"name": profile.name, "netem": spec, "describe": profile.describe()}
+    # needs_netem: delay, jitter or loss (a rate-only profile can be shaped with tbf, without sch_netem)
+    return {"name": profile.name, "netem": spec, "describe": profile.describe(), "needs_netem": profile.needs_netem}
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ class HostInfo:
     shaping: bool  # may this host's links be shaped (root, tc)?
     address: str
     machine_id: str  # namespaces of one machine share /etc/machine-id, and its RAM
+    # how the host gets sch_netem (bench_client.netem.kernel.module_action, from the netem role's probe);
+    # None where not probed (no shaping, the router backend)
+    netem_module: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> HostInfo:
@@ -96,7 +100,8 @@ class HostInfo:
                    servers_per_gpu=_count(data.get("servers_per_gpu"), name, "netbench_servers_per_gpu"),
                    gpus_mib=tuple(int(m) for m in data.get("gpus_mib") or ()),
                    mem_bytes=int(data.get("mem_kb") or 0) * 1024, shaping=bool(data.get("shaping", False)),
-                   address=str(data.get("address") or "127.0.0.1"), machine_id=str(data.get("machine_id") or name))
+                   address=str(data.get("address") or "127.0.0.1"), machine_id=str(data.get("machine_id") or name),
+                   netem_module=data.get("netem_module") or None)
 
     def server_count(self, inventory_gpus: int) -> int:
         """Servers on this host. On CUDA: netbench_servers_per_host if set, else netbench_servers_per_gpu
@@ -111,6 +116,16 @@ class HostInfo:
             per_gpu = self.servers_per_gpu or math.ceil(PAPER_SERVERS / max(inventory_gpus, 1))
             return self.servers or per_gpu * len(self.gpus_mib)
         return self.servers or 1
+
+
+def check_netem_modules(needing: list[str], server_hosts: dict[str, HostInfo]) -> None:
+    """Refuse a server host whose kernel lacks sch_netem and cannot get it (load or install), when a
+    profile needs netem (delay, jitter, loss); provisioning loads or installs it on the others."""
+    if not needing:
+        return
+    for info in server_hosts.values():
+        if (info.netem_module or {}).get("action") == "refuse":
+            raise PlanError(f"profile(s) {', '.join(needing)} need sch_netem: {info.netem_module['message']}")
 
 
 def _count(value: Any, host: str, variable: str) -> int | None:
@@ -410,6 +425,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
             raise PlanError(f"profile(s) {', '.join(shaped)} shape the servers' links, but shaping is off on "
                             f"{', '.join(unable)} (netbench_shaping: false, e.g. the local no-root inventory); "
                             "use profiles=none here or the emulated/cloud inventory")
+        check_netem_modules([p["name"] for p in profiles if p.get("needs_netem")], server_hosts)
     memory = check_memory(model, dtype, servers, server_hosts)
     client = groups["clients"][0]
     check_gpu_memory(model, dtype, servers, server_hosts, workload,

@@ -2,7 +2,7 @@
 # Builds the base of the test VMs once (a few minutes; skipped while the recipe is unchanged):
 #   vmlinuz      Debian's cloud kernel (6.1, sch_netem as a loadable module)
 #   initrd.img   a ~1 MB static-busybox initramfs: loads the virtio modules, switch_roots to /dev/vda
-#   base.img     ext4 root fs: debootstrap minbase + sshd, python3, iproute2, iperf3, ping; no systemd:
+#   base.img     ext4 root fs: debootstrap minbase + sshd, python3 (+ python3-apt: Ansible's apt module), iproute2, iperf3, ping; no systemd:
 #                guest-init.sh is PID 1 (ssh answers ~5 s after qemu starts under TCG)
 #   id_ed25519   the key root logs in with (the VMs live only in the tests' network namespaces)
 # Output goes to NETBENCH_VM_CACHE (default /var/cache/netbench-vm), replaced atomically.
@@ -43,7 +43,7 @@ depmod -b "$work/kernel" "$kver"  # the package leaves modules.dep to its postin
 
 # 2. Root file system.
 debootstrap --variant=minbase \
-  --include=openssh-server,python3,iproute2,iperf3,iputils-ping,kmod,procps \
+  --include=openssh-server,python3,python3-apt,iproute2,iperf3,iputils-ping,kmod,procps \
   bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -n 30 "$work/debootstrap.log"; exit 1; }
 rootfs=$work/rootfs
 mkdir -p "$rootfs/lib/modules/$kver/kernel/drivers"

@@ -11,6 +11,9 @@
 #   netemctl.sh iperf IFACE DIR PORT SECS OMIT MIN_MBIT PEER...  iperf3 to each peer, one after another
 #   netemctl.sh unserve IFACE DIR             stop the iperf3 server
 #   netemctl.sh stats IFACE DIR               `tc -s -j qdisc show`
+#   netemctl.sh module - DIR                  read-only: is sch_netem loaded, built in, in the module
+#                                             tree, or in a package of the index (JSON for
+#                                             bench_client.netem.kernel.module_action)
 set -u
 cmd=$1 iface=$2 dir=$3
 shift 3
@@ -94,10 +97,12 @@ case $cmd in
       printf '{"interface": "", "wanted": "%s", "interfaces": "%s"}\n' "$iface" "$interfaces"
       exit 0
     fi
-    # Kernel support does not change until a reboot, which also empties /run: cache it there.
-    support=$(cat "$dir/support-$(uname -r)" 2>/dev/null) || {
-      support=$(probe)
-      mkdir -p "$dir" && echo "$support" >"$dir/support-$(uname -r)"
+    # Kernel support does not change until a reboot, which also empties /run, or until sch_netem is
+    # loaded (provisioning: tasks/module.yml): cache it there, under both.
+    cache() { echo "$dir/support-$(uname -r)$([ -d /sys/module/sch_netem ] && echo -netem)"; }
+    support=$(cat "$(cache)" 2>/dev/null) || {
+      support=$(probe)  # (it loads the modules it can)
+      mkdir -p "$dir" && echo "$support" >"$(cache)"
     }
     address=$(ip -4 -o addr show dev "$iface" | awk '{split($4, a, "/"); print a[1]; exit}')
     qdiscs=$(tc -j qdisc show dev "$iface")
@@ -176,8 +181,44 @@ case $cmd in
   stats)
     tc -s -j qdisc show dev "$iface"
     ;;
+  module)
+    k=$(uname -r) mods="/lib/modules/$(uname -r)"
+    loaded=false builtin=false tree=false on_disk=null works=null
+    [ -d /sys/module/sch_netem ] && loaded=true
+    grep -qs '/sch_netem\.ko' "$mods/modules.builtin" && builtin=true
+    if [ -d "$mods" ]; then
+      tree=true
+      # listed in modules.dep (what modprobe reads) and the file really there
+      path=$(awk -F: '/\/sch_netem\.ko/ {print $1; exit}' "$mods/modules.dep" 2>/dev/null)
+      if [ -n "$path" ] && [ -f "$mods/$path" ]; then on_disk=true; else on_disk=false; fi
+    elif ip netns add "netem-mod-$$" 2>/dev/null; then
+      # no module tree (a container): does the kernel take a netem qdisc (loading it from the host's tree)?
+      works=false
+      ip -n "netem-mod-$$" link add probe0 type veth peer name probe1 2>/dev/null \
+        && tc -n "netem-mod-$$" qdisc add dev probe0 root netem delay 1ms 2>/dev/null && works=true
+      ip netns del "netem-mod-$$"
+    fi
+    manager="" package="" state=unknown
+    if command -v apt-get >/dev/null 2>&1; then
+      manager=apt package="linux-modules-extra-$k"
+      if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then state=installed
+      elif ! ls /var/lib/apt/lists/ 2>/dev/null | grep -q '_Packages'; then state=no-index
+      else
+        candidate=$(apt-cache policy "$package" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        if [ -n "$candidate" ] && [ "$candidate" != "(none)" ]; then state=available; else state=missing; fi
+      fi
+    elif command -v dnf >/dev/null 2>&1 || command -v yum >/dev/null 2>&1; then
+      manager=$(command -v dnf >/dev/null 2>&1 && echo dnf || echo yum) package="kernel-modules-extra-$k"
+      if rpm -q "$package" >/dev/null 2>&1; then state=installed
+      elif timeout 120 "$manager" -q list --available "$package" >/dev/null 2>&1; then state=available
+      else state=missing; fi
+    fi
+    os=$(. /etc/os-release 2>/dev/null && echo "${ID:-}")
+    printf '{"kernel": "%s", "loaded": %s, "builtin": %s, "tree": %s, "on_disk": %s, "works": %s, "manager": "%s", "package": "%s", "package_state": "%s", "os": "%s"}\n' \
+      "$k" "$loaded" "$builtin" "$tree" "$on_disk" "$works" "$manager" "$package" "$state" "$os"
+    ;;
   *)
-    echo "usage: $0 inspect|apply|arm|teardown|serve|iperf|unserve|stats IFACE DIR ..." >&2
+    echo "usage: $0 inspect|apply|arm|teardown|serve|iperf|unserve|stats|module IFACE DIR ..." >&2
     exit 2
     ;;
 esac

@@ -11,6 +11,7 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
+from bench_client.netem import kernel
 from bench_client.netem import profiles as netem
 
 
@@ -113,6 +114,12 @@ def netem_measure_all(peers: list[str], addresses: list[str], ping_stdout: str, 
     return out
 
 
+def netem_module_action(facts: dict[str, Any], host: str = "", update_index: bool = False,
+                        install: bool = True) -> dict[str, Any]:
+    """netemctl.sh module's facts -> {action: ok|load|install|refuse, package, refresh_index, message}."""
+    return kernel.module_action(facts, host, bool(update_index), bool(install)).as_dict()
+
+
 def netem_mean(values: list[float]) -> float | None:
     values = [float(v) for v in values]
     return round(sum(values) / len(values), 3) if values else None
@@ -129,4 +136,5 @@ class FilterModule:
             "netem_peer_measurement": netem_peer_measurement,
             "netem_measure_all": netem_measure_all,
             "netem_mean": netem_mean,
+            "netem_module_action": netem_module_action,
         }
