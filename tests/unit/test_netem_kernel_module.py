@@ -1,6 +1,6 @@
 """How a host gets sch_netem (bench_client.netem.kernel.module_action), from the facts the netem
 role's read-only probe reports, and the pre-flight plan's refusal. Pure functions: no kernel here;
-tests/test_netem_module_vm.py installs the module for real in a VM whose kernel lacks it."""
+tests/isolated/test_netem_module_vm.py installs the module for real in a VM whose kernel lacks it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from bench_client.netem.kernel import module_action
 from bench_client.orchestration.plan import PlanError, make_plan
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UBUNTU = {"kernel": "6.8.0-1015-aws", "loaded": False, "builtin": False, "tree": True, "on_disk": False,
           "works": None, "manager": "apt", "package": "linux-modules-extra-6.8.0-1015-aws",
           "package_state": "available", "os": "ubuntu"}
