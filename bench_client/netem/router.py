@@ -230,7 +230,10 @@ class Router:
         """Seconds until the agent answers (the guest has booted and bridged its NICs)."""
         start = time.monotonic()
         while True:
-            if not self.running():
+            # a second look: while qemu is exec'ed (ip netns exec, the bundle's wrapper, its loader) its
+            # environ, which carries the identity, can read empty for a moment (seen on a loaded machine:
+            # the router then looked dead, wasn't stopped, and leaked)
+            if not self.running() and (time.sleep(0.5) or not self.running()):
                 raise RouterError(f"qemu exited during boot: {self.console_tail()}")
             try:
                 if self.exec(["ip", "link", "show", "br0"], timeout=2)[0] == 0:
