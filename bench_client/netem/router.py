@@ -14,7 +14,7 @@ The client/DHT NIC stays unshaped.
     python -m bench_client.netem.router bench --dir D --bundle B [--smp N]   # the router's own limits
 
 Control channel: a second serial port of the guest, backed by a unix socket in DIR (0700, root).
-The guest's agent runs only ``tc``/``ip`` argv lines of [A-Za-z0-9 ._:/=+-]; the tc lines come from
+The guest's agent runs only ``tc``/``ip``/``uname`` argv lines of [A-Za-z0-9 ._:/=+-]; the tc lines come from
 the pure functions below (and bench_client.netem.profiles.plan), so profiles change while the swarm's TCP
 connections stay up.
 """
@@ -42,6 +42,7 @@ TERMINATOR = "@@nb"
 INGRESS_HANDLE = "ffff:"
 MAC_PREFIX = "52:54:00:4e:00"
 MAX_LINKS = 99  # guest NIC names are n01..n99 (from the MAC's last byte, decimal digits)
+COMMANDS = ("tc", "ip", "uname")  # what the guest's agent runs (router-init.sh); uname: the shaping kernel
 
 
 class RouterError(RuntimeError):
@@ -100,8 +101,8 @@ def qemu_argv(bundle: Path, taps: dict[int, str], socket_path: Path, console: Pa
 
 def encode_request(request_id: str, argv: list[str]) -> bytes:
     """One request line; refuses what the guest's agent would refuse, before anything is sent."""
-    if not argv or argv[0] not in ("tc", "ip"):
-        raise RouterError(f"the router runs only tc and ip commands, not {argv[:1]}")
+    if not argv or argv[0] not in COMMANDS:
+        raise RouterError(f"the router runs only {', '.join(COMMANDS)} commands, not {argv[:1]}")
     line = " ".join([request_id, *argv])
     if any(not a for a in argv) or not ALLOWED.fullmatch(line):
         raise RouterError(f"refused router command {argv}: empty words or characters outside [A-Za-z0-9 ._:/=+-]")
@@ -221,11 +222,18 @@ class Router:
             raise RouterError(f"router: {' '.join(argv)} failed ({rc}): {out.strip()}")
         return out
 
+    def kernel(self) -> str:
+        """The release of the kernel whose netem shapes (the guest's ``uname -r``), for the rows."""
+        return self.check(["uname", "-r"]).strip()
+
     def wait_ready(self, timeout: float = 120.0) -> float:
         """Seconds until the agent answers (the guest has booted and bridged its NICs)."""
         start = time.monotonic()
         while True:
-            if not self.running():
+            # a second look: while qemu is exec'ed (ip netns exec, the bundle's wrapper, its loader) its
+            # environ, which carries the identity, can read empty for a moment (seen on a loaded machine:
+            # the router then looked dead, wasn't stopped, and leaked)
+            if not self.running() and (time.sleep(0.5) or not self.running()):
                 raise RouterError(f"qemu exited during boot: {self.console_tail()}")
             try:
                 if self.exec(["ip", "link", "show", "br0"], timeout=2)[0] == 0:
@@ -383,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             commands = []
             for index in args.link:
                 commands += Router(args.dir).shape(int(index), profile)
-            print(json.dumps({"changed": bool(commands), "commands": commands}))
+            print(json.dumps({"changed": bool(commands), "commands": commands, "kernel": Router(args.dir).kernel()}))
         elif args.action == "exec":
             rc, out = Router(args.dir).exec(args.command)
             sys.stdout.write(out)

@@ -67,6 +67,7 @@ def test_changing_profile_replaces_only_the_netem_and_same_profile_is_a_no_op() 
 
 def test_requests_are_checked_before_sending() -> None:
     assert netem_router.encode_request("ab12", ["tc", "qdisc", "show", "dev", "n01"]) == b"ab12 tc qdisc show dev n01\n"
+    assert netem_router.encode_request("ab12", ["uname", "-r"]) == b"ab12 uname -r\n"  # the shaping kernel
     for bad in (["sh", "-c", "reboot"], ["tc", "qdisc;reboot"], ["ip", "link", "$(x)"], ["tc", ""], []):
         with pytest.raises(RouterError):
             netem_router.encode_request("ab12", bad)
@@ -92,7 +93,7 @@ def test_cli_refuses_bad_input_before_touching_anything(tmp_path: Path) -> None:
     for args, message in ((["up", "--dir", str(tmp_path)], "needs --bundle"),
                           (["up", "--dir", str(tmp_path), "--bundle", str(tmp_path), "--link", "1=x"], "not a netem router bundle"),
                           (["shape", "--dir", str(tmp_path), "--link", "1", "--profile", "paper-1ms"], "unknown profile"),
-                          (["exec", "--dir", str(tmp_path), "--", "sh", "-c", "x"], "only tc and ip")):
+                          (["exec", "--dir", str(tmp_path), "--", "sh", "-c", "x"], "only tc, ip, uname")):
         proc = subprocess.run([sys.executable, "-m", "bench_client.netem.router", *args], capture_output=True,
                               text=True, cwd=ROOT)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
@@ -133,15 +134,18 @@ def test_router_forwards_fast_and_shapes_what_a_server_sends(tmp_path: Path) -> 
     """Two namespaces through the router: unshaped it must leave 1 Gbit/s intact; a server's profile
     changes without a reboot and is measured on the right direction only."""
     b = bundle()
-    names = [f"nbrtr{n}" for n in ("q", "a", "b")]
+    prefix = f"nbr{os.getpid() % 10000}"  # engineers and CI jobs on one machine: names of this run only
+    names = [f"{prefix}{n}" for n in ("q", "a", "b")]
     for n in names:
         subprocess.run(["ip", "netns", "add", n], check=True)
     rdir = tmp_path / "router"
     try:
-        router = netem_router.up(rdir, b, {1: names[1], 2: names[2]}, netns=names[0], prefix="nbrtr")
+        router = netem_router.up(rdir, b, {1: names[1], 2: names[2]}, netns=names[0], prefix=prefix)
         print("boot", router.state()["boot_s"], "s")
+        # the kernel whose netem shapes (recorded in every row): the bundle's Debian cloud kernel
+        assert router.kernel() == (b / "kernel-version").read_text().strip()
         for i, ns in ((1, names[1]), (2, names[2])):
-            for args in (["addr", "add", f"10.215.0.{i}/24", "dev", f"nbrtrt{i}"], ["link", "set", f"nbrtrt{i}", "up"]):
+            for args in (["addr", "add", f"10.215.0.{i}/24", "dev", f"{prefix}t{i}"], ["link", "set", f"{prefix}t{i}", "up"]):
                 subprocess.run(["ip", "-n", ns, *args], check=True)
         plain = netem_router.measure_pair(names[1], names[2], "10.215.0.2")
         print("unshaped", plain)

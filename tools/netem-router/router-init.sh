@@ -5,7 +5,8 @@
 #    bridges them all (one L2 segment: the namespaces keep their addresses; shaping is per NIC);
 # 3. raises the socket buffer maxima, enables forwarding;
 # 4. runs the control agent on /dev/ttyS1 (a unix socket on the host): one request per line,
-#    "ID tc ARGS..." or "ID ip ARGS...", characters [A-Za-z0-9 ._:/=+-] only; the reply is the
+#    "ID tc ARGS...", "ID ip ARGS..." or "ID uname -r" (the shaping kernel, recorded in every row),
+#    characters [A-Za-z0-9 ._:/=+-] only; the reply is the
 #    command's output, then "@@nb ID RC". Anything else is refused with RC 126. No shell
 #    evaluation: the words are split with globbing off and run as argv.
 /bin/busybox --install -s /bin
@@ -49,7 +50,8 @@ while true; do
   esac
   case "$1" in
     tc|ip) cmd=/sbin/$1; shift; "$cmd" "$@" >/tmp/out 2>&1; rc=$? ;;
-    *) echo "refused: only tc and ip" >/tmp/out; rc=126 ;;
+    uname) shift; /bin/uname "$@" >/tmp/out 2>&1; rc=$? ;;
+    *) echo "refused: only tc, ip and uname" >/tmp/out; rc=126 ;;
   esac
   cat /tmp/out >&3
   echo "@@nb $id $rc" >&3
