@@ -61,7 +61,7 @@ def wait_for_address_files(paths: list[Path], timeout: float, poll: float = 0.1,
     libraries meanwhile instead of after the DHT is up. PeerError naming the files still missing after
     ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    pending = list(paths)
+    pending = pending_address_files([f"@{path}" for path in paths])
     if pending and on_wait:
         on_wait(pending)
     while pending:

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--dtype {args.dtype} needs bitsandbytes on a CUDA GPU; on {device} use float32, float16 or bfloat16")
     model_dir = prepare_model_dir(spec, args)
 
-    compat.apply()
+    compat.apply(bitsandbytes=args.dtype in CUDA_ONLY_DTYPES)  # float blocks: no bitsandbytes import (seconds)
     if args.dtype in CUDA_ONLY_DTYPES and compat.bitsandbytes_error:
         fail(f"--dtype {args.dtype} needs bitsandbytes, which is unusable here ({compat.bitsandbytes_error}); "
              "use float16 or bfloat16")
