@@ -48,7 +48,8 @@ def one_bringup(args: argparse.Namespace, workdir: Path) -> dict:
     bringup = workdir / "bringup.json"
     started = time.monotonic()
     with open(workdir / "local_swarm.log", "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # cwd: the repeat's folder, so that ``-m`` finds bench_client on PYTHONPATH, not in the caller's folder
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
         while process.poll() is None and not bringup.exists():
             time.sleep(0.05)
         wall = time.monotonic() - started  # until local_swarm wrote bringup.json: its own imports included
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = settings_of(args)
     rows = read_rows(output, settings)
-    workroot = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-bringup-"))
+    workroot = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="bench-bringup-"))
     for repeat in range(len(rows), args.repeats):
         workdir = workroot / f"repeat-{repeat}"
         workdir.mkdir(parents=True, exist_ok=True)
