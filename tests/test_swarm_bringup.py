@@ -106,3 +106,20 @@ def test_a_float_server_does_not_import_bitsandbytes():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "0+unavailable | False | not loaded: this process serves unquantised blocks"
+
+
+@pytest.mark.slow
+def test_bench_bringup_writes_a_row_per_repeat_and_a_rerun_resumes(tmp_path):
+    output = tmp_path / "bringup.jsonl"
+    command = [sys.executable, str(REPO / "tools" / "bench_bringup.py"), "--model", MODEL, "--servers", "2",
+               "--repeats", "1", "--output", str(output), "--workdir", str(tmp_path / "work")]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["overlap"] is True and len(rows[0]["server_joined_seconds"]) == 2, rows
+    medians = json.loads(first.stdout)["medians"]
+    assert {"dht_seconds", "last_joined_seconds", "swarm_seconds", "wall_seconds"} <= medians.keys(), medians
+    assert medians["swarm_seconds"]["median"] == rows[0]["swarm_seconds"]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0 and "[1/1]" not in again.stderr, again.stderr[-2000:]  # nothing measured again
+    assert output.read_text().count("\n") == 1 and json.loads(again.stdout)["repeats"] == 1
