@@ -14,7 +14,8 @@ What broke, and when each piece can go:
    float16. bitsandbytes 0.41.1 (the last release petals' peft 0.5.0 works with) raises at import on
    CUDA 13 hosts ("CUDA Setup failed"), or is absent. When it cannot be imported we register a
    placeholder whose quantised layers refuse to be built; int8/nf4 are then refused up front
-   (``bitsandbytes_error``). Remove when petals imports bitsandbytes lazily.
+   (``bitsandbytes_error``). A server of float blocks does not even try (``apply(bitsandbytes=False)``:
+   its import alone takes seconds). Remove when petals imports bitsandbytes lazily.
 4. Failover does not work against a killed server (petals 2.2.0 and its main branch): the
    replacement session inherits the failed one's input history but starts at position 0 ("Broken
    input cache"), and a failed server stays in the routes until the next refresh (60 s), while a
@@ -38,13 +39,21 @@ What broke, and when each piece can go:
    to UDP 5351), AutoNAT probes, circuit relays (petals' server asks for them itself). Every P2P.create
    runs with them off (``keep_p2p_private``; tests/isolated/test_private_p2p.py). Remove when hivemind and petals
    take a private-swarm switch that our launchers can pass.
+8. ``import hivemind.<anything>`` runs hivemind's package ``__init__``, which imports its whole ML stack
+   (averaging, MoE, optimizers: torch, scipy), and ``hivemind.utils``' imports torch for MPFuture's
+   shared memory: 7.8 s before the DHT bootstrap peer starts on a 2-core CPU host, 12 s on an H200 host,
+   for a process that never touches a tensor. ``import_without_package_inits`` loads the DHT's modules
+   with those package ``__init__`` files replaced by lazy stand-ins (0.7 s, no torch). Remove when
+   hivemind's top-level package imports lazily.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import importlib.machinery
+import importlib.util
 import os
 import sys
 import types
@@ -77,20 +86,23 @@ _applied = False
 bitsandbytes_error: str | None = None  # why bitsandbytes is unusable here, if it is
 
 
-def _bitsandbytes_or_placeholder() -> None:
+def _bitsandbytes_or_placeholder(load: bool) -> None:
     global bitsandbytes_error
-    try:
-        # bitsandbytes prints its CUDA diagnostics to stdout, which carries JSON for some of our CLIs
-        with contextlib.redirect_stdout(sys.stderr):
-            import bitsandbytes  # noqa: F401
-        return
-    except Exception as exc:  # ImportError, or RuntimeError from its CUDA setup
-        bitsandbytes_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+    if not load:  # a float server: petals imports it all the same, which costs seconds (scipy.stats)
+        bitsandbytes_error = "not loaded: this process serves unquantised blocks"
+    else:
+        try:
+            # bitsandbytes prints its CUDA diagnostics to stdout, which carries JSON for some of our CLIs
+            with contextlib.redirect_stdout(sys.stderr):
+                import bitsandbytes  # noqa: F401
+            return
+        except Exception as exc:  # ImportError, or RuntimeError from its CUDA setup
+            bitsandbytes_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
     for name in [n for n in sys.modules if n == "bitsandbytes" or n.startswith("bitsandbytes.")]:
         del sys.modules[name]
     import torch
 
-    message = f"bitsandbytes is unusable on this host ({bitsandbytes_error}); use float16/bfloat16/float32"
+    message = f"bitsandbytes is unusable in this process ({bitsandbytes_error}); use float16/bfloat16/float32"
 
     class _Unavailable(torch.nn.Linear):
         def __init__(self, *args, **kwargs):
@@ -257,15 +269,70 @@ def keep_p2p_private() -> None:
     P2P.create = private_create  # type: ignore[method-assign]
 
 
-def apply() -> None:
-    """Make ``import petals`` work and behave in a private, offline swarm. Idempotent."""
+# The packages whose __init__ pulls in torch on the way to hivemind's DHT node and p2p modules.
+HIVEMIND_DHT_PACKAGES = ("hivemind", "hivemind.utils", "hivemind.dht")
+
+
+def _lazy_package(name: str) -> types.ModuleType:
+    """A stand-in for package ``name`` that finds its submodules but does not run its ``__init__``; the
+    names its ``__init__`` imports (``from hivemind.utils import get_logger``) are imported on first use."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None or not spec.submodule_search_locations:
+        raise ImportError(f"{name} is not an installed package")
+    with open(spec.origin) as handle:
+        tree = ast.parse(handle.read())
+    sources: dict[str, tuple[str, str]] = {}  # name -> (module, name there), from the __init__'s imports
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                module = ".".join(name.split(".")[:len(name.split(".")) - node.level + 1] + ([module] if module else []))
+            for alias in node.names:
+                sources[alias.asname or alias.name] = (module, alias.name)
+    package = types.ModuleType(name)
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__file__ = spec.origin
+    package.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+    package.__spec__.submodule_search_locations = package.__path__
+
+    def __getattr__(attr: str) -> object:
+        if attr not in sources:
+            raise AttributeError(f"module {name!r} has no attribute {attr!r} (loaded without its __init__)")
+        module, original = sources[attr]
+        value = getattr(importlib.import_module(module), original)
+        setattr(package, attr, value)
+        return value
+
+    package.__getattr__ = __getattr__  # type: ignore[method-assign]
+    return package
+
+
+def import_without_package_inits(packages: tuple[str, ...] = HIVEMIND_DHT_PACKAGES) -> None:
+    """Replace these packages' ``__init__`` by lazy stand-ins in this process (item 8): only for a process
+    that needs a few of their modules and none of the rest (the DHT bootstrap peer). Call before importing
+    any of them; a package already imported is left as it is."""
+    for name in packages:
+        if name in sys.modules:
+            continue
+        package = _lazy_package(name)
+        sys.modules[name] = package
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, package)
+
+
+def apply(bitsandbytes: bool = True) -> None:
+    """Make ``import petals`` work and behave in a private, offline swarm. Idempotent.
+
+    bitsandbytes=False: never import bitsandbytes, its placeholder stands in (a server of unquantised
+    blocks, which needs none of it: seconds less at start-up)."""
     global _applied
     if _applied:
         return
     _offline_environment()
     # transformers 4.34 on torch >= 2.2 warns once per process about a renamed pytree helper
     warnings.filterwarnings("ignore", message=".*_register_pytree_node.*", category=FutureWarning)
-    _bitsandbytes_or_placeholder()
+    _bitsandbytes_or_placeholder(bitsandbytes)
     _reexport_hivemind_names()
     _disable_version_check()
     keep_p2p_private()  # no NAT port mapping, AutoNAT or relays: nothing sent beyond the experiment's hosts

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 
 from bench_client import compat
 from bench_client.core.models import ModelSpec, get_model
-from bench_client.swarm.peers import PeerError, resolve_initial_peers
+from bench_client.swarm.peers import (PeerError, check_literal_peers, pending_address_files, resolve_initial_peers,
+                                     wait_for_address_files)
 from bench_client.core.processes import fail
 
 EXIT_MISSING_BLOCKS = 3
@@ -147,10 +148,12 @@ def wait_for_blocks(dht, spec: ModelSpec, timeout: float, poll: float = 2.0, pro
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench_client.swarm", description=__doc__.split("\n")[0])
     p.add_argument("command", choices=["wait", "info"])
-    p.add_argument("--initial-peers", "--initial_peers", nargs="+", required=True)
+    p.add_argument("--initial-peers", "--initial_peers", nargs="+", required=True,
+                   help="DHT multiaddrs or @FILE; wait: a FILE not written yet is waited for (within --timeout)")
     p.add_argument("--model", required=True)
     p.add_argument("--timeout", type=float, default=300.0, help="wait: give up after this many seconds")
     p.add_argument("--connect-timeout", type=float, default=30.0)
+    p.add_argument("--poll", type=float, default=0.5, help="wait: seconds between two looks at the DHT")
     return p
 
 
@@ -158,9 +161,21 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         spec = get_model(args.model)
-        peers = resolve_initial_peers(args.initial_peers)
+        # wait, started alongside the DHT: import hivemind and petals while its address file is written
+        pending = pending_address_files(args.initial_peers) if args.command == "wait" else []
+        check_literal_peers(args.initial_peers)
+        peers = [] if pending else resolve_initial_peers(args.initial_peers)
     except ValueError as exc:  # bad input (PeerError included): exit 2
         fail(str(exc))
+    if pending:
+        compat.apply()  # imports hivemind and petals while the DHT starts
+        started = time.monotonic()
+        try:
+            wait_for_address_files(pending, args.timeout)
+            peers = resolve_initial_peers(args.initial_peers)
+        except PeerError as exc:
+            fail(str(exc), EXIT_UNREACHABLE)
+        args.timeout = max(0.0, args.timeout - (time.monotonic() - started))
     try:
         dht = connect(peers, args.connect_timeout)
     except PeerError as exc:
@@ -173,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"waiting: {spec.layers - len(v.missing_blocks)}/{spec.layers} blocks of {spec.name} served, "
                       f"missing {format_ranges(v.missing_blocks)}", file=sys.stderr, flush=True)
 
-            view = wait_for_blocks(dht, spec, args.timeout, progress=progress)
+            view = wait_for_blocks(dht, spec, args.timeout, poll=args.poll, progress=progress)
         print(json.dumps(view.to_json(), indent=2))
         if args.command == "wait" and view.missing_blocks:
             fail(f"after {args.timeout:.0f} s, blocks {format_ranges(view.missing_blocks)} of {spec.name} "

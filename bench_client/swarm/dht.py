@@ -1,18 +1,25 @@
-"""DHT bootstrap peer: petals' own ``run_dht`` CLI, plus its multiaddrs written to a file.
+"""DHT bootstrap peer: a hivemind DHT node, as petals' ``run_dht`` runs it, with its multiaddrs written to a file.
 
     python -m bench_client.swarm.dht --address-file /run/netbench/dht.maddrs [--host-maddrs ...] \
         [--join-peers-file /run/netbench/servers.maddrs]
 
 The file (one multiaddr per line) appears atomically once the DHT is up; Ansible and the tests read
 it instead of scraping logs. Stop the process by signalling its process group with SIGTERM.
+
+The node runs in this process, loaded without hivemind's package ``__init__`` (compat item 8): no torch,
+no petals, so the address file is written in about a second instead of after the ML stack's imports.
+Unlike petals' run_dht it does not answer petals' reachability probe (that module imports torch): a
+server that asks it gets no answer and runs as a directly reachable peer, as this private swarm's
+servers are (relays are off, compat item 7).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
+import asyncio
+import logging
 from pathlib import Path
+from secrets import token_hex
 
 from bench_client import compat
 from bench_client.swarm.peers import PeerError, read_address_file, resolve_initial_peers, write_address_file
@@ -35,23 +42,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def petals_argv(args: argparse.Namespace) -> list[str]:
-    """The ``petals.cli.run_dht`` command line equivalent to our arguments."""
-    argv = ["run_dht", "--refresh_period", str(args.refresh_period)]
+# petals' run_dht listens on every interface, IPv4 and IPv6, when no address is given
+DEFAULT_HOST_MADDRS = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0"]
+
+
+def node_options(args: argparse.Namespace) -> dict:
+    """hivemind ``DHTNode.create`` arguments equivalent to our command line (petals' run_dht defaults)."""
     host_maddrs = args.host_maddrs
     if args.port is not None:
         if host_maddrs:
             fail("use either --port or --host-maddrs, not both")
         host_maddrs = [f"/ip4/0.0.0.0/tcp/{args.port}"]
-    if host_maddrs:
-        argv += ["--host_maddrs", *host_maddrs]
-    if args.announce_maddrs:
-        argv += ["--announce_maddrs", *args.announce_maddrs]
-    if args.identity_path:
-        argv += ["--identity_path", args.identity_path]
-    if args.initial_peers:
-        argv += ["--initial_peers", *args.initial_peers]
-    return argv
+    return {"initial_peers": args.initial_peers or [], "host_maddrs": host_maddrs or DEFAULT_HOST_MADDRS,
+            "announce_maddrs": args.announce_maddrs, "identity_path": args.identity_path,
+            # Restarted with the running servers as initial peers (petals_dht role): one that died since
+            # it wrote its address file must not keep the bootstrap peer from starting (hivemind raises
+            # when no initial peer answers); the ones alive are joined, so the restarted DHT is not orphaned.
+            "ensure_bootstrap_success": not args.initial_peers}
+
+
+async def serve(args: argparse.Namespace, options: dict) -> None:
+    """Run the node until cancelled: publish its multiaddrs, then keep its routing table fresh."""
+    from hivemind.dht.node import DHTNode
+    from hivemind.utils.logging import get_logger, use_hivemind_log_handler
+    from hivemind.utils.networking import log_visible_maddrs
+
+    use_hivemind_log_handler("in_root_logger")
+    logger = get_logger(__name__)
+    logger.setLevel(logging.INFO)
+    node = await DHTNode.create(**options)
+    try:
+        maddrs = await node.get_visible_maddrs()
+        log_visible_maddrs(maddrs, only_p2p=False)
+        write_address_file(args.address_file, maddrs)
+        while True:  # petals' run_dht's loop: contact peers so that stale ones leave the routing table
+            await asyncio.sleep(args.refresh_period)
+            logger.info(f"{len(node.protocol.routing_table.uid_to_peer_id) + 1} DHT nodes (including this one) "
+                        f"are in the local routing table; local storage contains {len(node.protocol.storage)} keys")
+            await node.get(f"heartbeat_{token_hex(16)}", latest=True)
+    finally:
+        await node.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,25 +96,12 @@ def main(argv: list[str] | None = None) -> None:
             args.initial_peers = resolve_initial_peers((args.initial_peers or []) + joined)
         except PeerError as exc:
             fail(str(exc))
-    compat.apply()
-    import petals.cli.run_dht as run_dht
-
-    original_log = run_dht.log_visible_maddrs
-
-    def log_and_publish(visible_maddrs, only_p2p=False):
-        original_log(visible_maddrs, only_p2p=only_p2p)
-        write_address_file(args.address_file, visible_maddrs)
-
-    run_dht.log_visible_maddrs = log_and_publish
-    if args.initial_peers:
-        # Restarted with the running servers as initial peers (petals_dht role): one that died since it
-        # wrote its address file must not keep the bootstrap peer from starting (hivemind raises when
-        # no initial peer answers); the ones alive are joined, so the restarted DHT is not orphaned.
-        run_dht.DHT = functools.partial(run_dht.DHT, ensure_bootstrap_success=False)
+    options = node_options(args)
+    compat.import_without_package_inits()
+    compat.keep_p2p_private()  # no NAT port mapping, AutoNAT or relays (compat item 7)
     exit_on_sigterm()
-    sys.argv = petals_argv(args)
     try:
-        run_dht.main()
+        asyncio.run(serve(args, options))
     except KeyboardInterrupt:
         pass
 

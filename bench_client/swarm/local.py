@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,41 +59,62 @@ class LocalSwarm:
         self.processes.append(managed)
         return managed
 
-    def start_dht(self, timeout: float = 60.0) -> list[str]:
+    def launch_dht(self) -> Managed:
+        """Start the DHT without waiting for it: servers started now read its address file when it appears."""
         self.address_file = self.workdir / "dht.maddrs"
-        dht = self.start("dht", ["-m", "bench_client.swarm.dht", "--address-file", str(self.address_file),
-                                 "--host-maddrs", LOOPBACK])
+        self.address_file.unlink(missing_ok=True)  # a previous run's file names a dead peer
+        return self.start("dht", ["-m", "bench_client.swarm.dht", "--address-file", str(self.address_file),
+                                  "--host-maddrs", LOOPBACK])
+
+    def await_dht(self, dht: Managed, timeout: float = 60.0) -> list[str]:
+        assert self.address_file is not None
         deadline = time.monotonic() + timeout
         while not self.address_file.exists():
             if dht.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"DHT did not start:\n{dht.tail()}")
-            time.sleep(0.2)
+            time.sleep(0.05)
         return self.initial_peers
+
+    def start_dht(self, timeout: float = 60.0) -> list[str]:
+        return self.await_dht(self.launch_dht(), timeout)
 
     @property
     def initial_peers(self) -> list[str]:
         assert self.address_file is not None
         return self.address_file.read_text().split()
 
+    def peer_args(self) -> list[str]:
+        """The DHT's multiaddrs once it is up; before, its address file, which the process waits for."""
+        assert self.address_file is not None
+        return self.initial_peers if self.address_file.exists() else [f"@{self.address_file}"]
+
     def start_server(self, name: str, model: str, span: str, *extra: str, dtype: str = "float32",
                      device: str = "cpu", num_handlers: int = 2) -> Managed:
         return self.start(name, ["-m", "bench_client.swarm.server", "--model", model, "--block-indices", span,
-                                 "--initial-peers", *self.initial_peers, "--dtype", dtype, "--device", device,
+                                 "--initial-peers", *self.peer_args(), "--dtype", dtype, "--device", device,
                                  "--host-maddrs", LOOPBACK, "--num-handlers", str(num_handlers), *extra])
 
-    def wait_served(self, model: str, timeout: float = 120.0) -> None:
-        """Wait until every block is served; fail at once, with its log, if a server dies meanwhile."""
-        waiter = subprocess.Popen([PYTHON, "-m", "bench_client.swarm.blocks", "wait", "--initial-peers", *self.initial_peers,
-                                   "--model", model, "--timeout", str(timeout)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, cwd=self.workdir, env=self.env,
-                                  start_new_session=True)
+    def start_waiter(self, model: str, timeout: float) -> subprocess.Popen:
+        """``python -m bench_client.swarm.blocks wait`` in its own process group (see wait_served)."""
+        return subprocess.Popen([PYTHON, "-m", "bench_client.swarm.blocks", "wait", "--initial-peers", *self.peer_args(),
+                                 "--model", model, "--timeout", str(timeout)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=self.workdir, env=self.env,
+                                start_new_session=True)
+
+    def wait_served(self, model: str, timeout: float = 120.0, waiter: subprocess.Popen | None = None,
+                    tick: Callable[[], None] | None = None, poll: float = 0.5) -> None:
+        """Wait until every block is served; fail at once, with its log, if a server dies meanwhile.
+        ``waiter``: one started earlier by start_waiter; ``tick``: called every ``poll`` seconds."""
+        waiter = waiter or self.start_waiter(model, timeout)
         try:
             while waiter.poll() is None:
                 dead = [m for m in self.processes if m.process.poll() is not None]
                 if dead:
                     logs = "\n".join(f"--- {m.name} (exit {m.process.returncode})\n{m.tail()}" for m in dead)
                     raise RuntimeError(f"a swarm process exited while waiting for {model}:\n{logs}")
-                time.sleep(0.5)
+                if tick:
+                    tick()
+                time.sleep(poll)
         finally:
             if waiter.poll() is None:
                 os.killpg(waiter.pid, signal.SIGKILL)
@@ -147,6 +169,41 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
+def bring_up(swarm: LocalSwarm, model: str, spans: list[tuple[int, int]], devices: list[str], *server_args: str,
+             dtype: str = "float32", num_handlers: int = 2, timeout: float = 600.0, overlap: bool = True) -> dict:
+    """Start a DHT and one server per span, return once every block is served, with when (seconds from
+    the start) the DHT wrote its address file, each server joined (wrote its own) and all blocks were served.
+
+    overlap: start the servers and the waiter right after the DHT, so their imports (most of a bring-up
+    on a GPU host) run while the DHT starts; they wait for its address file. Without it, the DHT comes
+    up first (the order before, kept to measure the difference)."""
+    start = time.monotonic()
+    dht = swarm.launch_dht()
+    assert swarm.address_file is not None
+    files = {"dht": swarm.address_file} | {f"server-{i}": swarm.workdir / f"server-{i}.maddrs" for i in range(len(spans))}
+    for path in files.values():
+        path.unlink(missing_ok=True)
+    seen: dict[str, float] = {}
+
+    def tick() -> None:
+        for name, path in files.items():
+            if name not in seen and path.exists():
+                seen[name] = time.monotonic() - start
+
+    if not overlap:
+        swarm.await_dht(dht, timeout)
+        tick()
+    for i, ((a, b), device) in enumerate(zip(spans, devices)):
+        swarm.start_server(f"server-{i}", model, f"{a}:{b}", "--address-file", str(files[f"server-{i}"]),
+                           *server_args, dtype=dtype, device=device, num_handlers=num_handlers)
+    swarm.wait_served(model, timeout=timeout, waiter=swarm.start_waiter(model, timeout), tick=tick, poll=0.05)
+    served = time.monotonic() - start
+    tick()
+    return {"overlap": overlap, "dht_seconds": round(seen["dht"], 2),
+            "server_joined_seconds": [round(seen[n], 2) if n in seen else None for n in files if n != "dht"],
+            "swarm_seconds": round(served, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
@@ -170,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a petals run_server argument for every server (repeat it), e.g. --server-arg=--num_handlers=16")
     p.add_argument("--workdir", required=True)
     p.add_argument("--timeout", type=float, default=600.0, help="bring-up timeout")
+    p.add_argument("--sequential", action="store_true",
+                   help="start the servers only once the DHT is up (the order before; for A/B bring-up timings)")
     args = p.parse_args(own)
     if args.gpus < 1 or (args.gpus > 1 and args.device != "cuda"):
         p.error("--gpus N (N >= 1) spreads servers over GPUs: it needs --device cuda")
@@ -180,18 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     swarm = LocalSwarm(workdir)
     try:
-        start = time.monotonic()
-        swarm.start_dht()
-        dht_up = time.monotonic() - start
         devices = [f"cuda:{i % args.gpus}" if args.gpus > 1 else args.device for i in range(len(spans))]
-        for i, ((a, b), device) in enumerate(zip(spans, devices)):
-            swarm.start_server(f"server-{i}", spec.name, f"{a}:{b}", "--attn-cache-tokens", str(cache),
-                               *(["--", *args.server_arg] if args.server_arg else []),
-                               dtype=args.dtype, device=device, num_handlers=args.num_handlers)
-        swarm.wait_served(spec.name, timeout=args.timeout)
+        timings = bring_up(swarm, spec.name, spans, devices, "--attn-cache-tokens", str(cache),
+                           *(["--", *args.server_arg] if args.server_arg else []), dtype=args.dtype,
+                           num_handlers=args.num_handlers, timeout=args.timeout, overlap=not args.sequential)
         bringup = {"model": spec.name, "servers": args.servers, "devices": devices, "dtype": args.dtype,
-                   "server_args": args.server_arg,
-                   "dht_seconds": round(dht_up, 2), "swarm_seconds": round(time.monotonic() - start, 2),
+                   "server_args": args.server_arg, **timings,
                    "attn_cache_tokens": cache, "spans": [f"{a}:{b}" for a, b in spans]}
         print(json.dumps(bringup), flush=True)
         (workdir / "bringup.json").write_text(json.dumps(bringup, indent=2) + "\n")

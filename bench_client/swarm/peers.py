@@ -4,7 +4,8 @@ petals' public bootstrap peers, and peers can come from the DHT launcher's addre
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from bench_client.core.processes import write_atomically
@@ -30,6 +31,47 @@ def write_address_file(path: str | Path, maddrs: Iterable[object]) -> None:
 def read_address_file(path: str | Path) -> list[str]:
     lines = [line.strip() for line in Path(path).read_text().splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
+
+
+def pending_address_files(peers: list[str] | None) -> list[Path]:
+    """The ``@file`` entries of ``peers`` whose file does not name a peer yet (a DHT still starting)."""
+    pending = []
+    for peer in peers or []:
+        if peer.startswith("@"):
+            path = Path(peer[1:])
+            try:
+                if read_address_file(path):
+                    continue
+            except OSError:
+                pass
+            pending.append(path)
+    return pending
+
+
+def check_literal_peers(peers: list[str] | None) -> None:
+    """Validate the multiaddrs given on the command line now, before waiting for any ``@file``."""
+    literal = [peer for peer in peers or [] if not peer.startswith("@")]
+    if literal:
+        resolve_initial_peers(literal)
+
+
+def wait_for_address_files(paths: list[Path], timeout: float, poll: float = 0.1,
+                           on_wait: Callable[[list[Path]], None] | None = None) -> None:
+    """Wait until every file in ``paths`` names a peer: a process started alongside its DHT imports its
+    libraries meanwhile instead of after the DHT is up. PeerError naming the files still missing after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pending = pending_address_files([f"@{path}" for path in paths])
+    if pending and on_wait:
+        on_wait(pending)
+    while pending:
+        pending = pending_address_files([f"@{path}" for path in pending])
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            names = ", ".join(str(path) for path in pending)
+            raise PeerError(f"no DHT address file {names} after {timeout:.0f} s: is the DHT running? (see its log)")
+        time.sleep(poll)
 
 
 def resolve_initial_peers(peers: list[str] | None) -> list[str]:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bench_client import compat
 from bench_client.core.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, ModelSpec, get_model, parse_block_span, write_model_dir
-from bench_client.swarm.peers import PeerError, resolve_initial_peers, write_address_file
+from bench_client.swarm.peers import (PeerError, check_literal_peers, pending_address_files, resolve_initial_peers,
+                                     wait_for_address_files, write_address_file)
 from bench_client.core.processes import exit_on_sigterm, fail
 
 DEFAULT_MODELS_DIR = Path(os.environ.get("NETBENCH_MODELS_DIR", Path.home() / ".cache" / "petals-netbench" / "models"))
@@ -32,7 +33,9 @@ PUBLIC_NAME_PREFIX = "netbench"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench_client.swarm.server", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="e.g. facebook/opt-30b (see bench_client.core.models)")
-    p.add_argument("--initial-peers", nargs="+", required=True, help="DHT multiaddrs, or @FILE written by bench_client.swarm.dht")
+    p.add_argument("--initial-peers", nargs="+", required=True, help="DHT multiaddrs, or @FILE written by bench_client.swarm.dht: a FILE that does not exist "
+                        "yet is waited for (up to --join-timeout) after the imports, so a server may start "
+                        "alongside its DHT")
     p.add_argument("--block-indices", required=True, help="START:END, the blocks this server holds")
     p.add_argument("--dtype", default="float16", choices=sorted(WEIGHT_DTYPES), help="weight format")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-name", default=None, help="default: netbench|<host>|<gpu>, read back by the client")
     p.add_argument("--seed", type=int, default=0, help="seed of the dummy weights")
     p.add_argument("--join-timeout", type=float, default=90.0,
-                   help="keep trying this long (seconds) while no initial peer answers (a DHT still starting)")
+                   help="keep trying this long (seconds) while no initial peer answers (a DHT still starting); "
+                        "also how long an @FILE of --initial-peers is waited for")
     return p
 
 
@@ -202,7 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         spec = get_model(args.model)
         parse_block_span(args.block_indices, spec.layers)
-        peers = resolve_initial_peers(args.initial_peers)
+        # A DHT address file that is not there yet is read after the imports (seconds on a GPU host):
+        # the server imports torch and petals while its DHT starts instead of after it.
+        pending = pending_address_files(args.initial_peers)
+        check_literal_peers(args.initial_peers)
+        peers = [] if pending else resolve_initial_peers(args.initial_peers)
     except (ValueError, PeerError) as exc:
         fail(str(exc))
     device = resolve_device(args.device)
@@ -210,12 +218,19 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--dtype {args.dtype} needs bitsandbytes on a CUDA GPU; on {device} use float32, float16 or bfloat16")
     model_dir = prepare_model_dir(spec, args)
 
-    compat.apply()
+    compat.apply(bitsandbytes=args.dtype in CUDA_ONLY_DTYPES)  # float blocks: no bitsandbytes import (seconds)
     if args.dtype in CUDA_ONLY_DTYPES and compat.bitsandbytes_error:
         fail(f"--dtype {args.dtype} needs bitsandbytes, which is unusable here ({compat.bitsandbytes_error}); "
              "use float16 or bfloat16")
     import petals.cli.run_server as run_server
 
+    if pending:
+        try:
+            wait_for_address_files(pending, args.join_timeout, on_wait=lambda files: print(
+                f"[bench_client.swarm.server] waiting for the DHT's address file {files[0]}", file=sys.stderr, flush=True))
+            peers = resolve_initial_peers(args.initial_peers)
+        except PeerError as exc:
+            fail(str(exc))
     if args.weights == "dummy":
         # int8/nf4 quantisation in petals expects CPU blocks as input; everything else is built in place
         install_dummy_weights("cpu" if args.dtype in CUDA_ONLY_DTYPES else device, args.seed)

@@ -70,7 +70,7 @@ def test_dht_sends_no_nat_port_mapping_and_runs_p2pd_private(namespace, tmp_path
         flags = [Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0") for p in descendants([dht.pid])]
         p2pd = [[a.decode() for a in f] for f in flags if f and f[0].endswith(b"p2pd")]
         assert p2pd, "no p2pd under the DHT"
-        for argv in p2pd:  # petals' run_dht starts two (the DHT's, and a client's that reads its addresses)
+        for argv in p2pd:  # one, the DHT node's (petals' run_dht started two: it also ran a reachability probe)
             for off in ("-natPortMap=0", "-autonat=0", "-relay=0", "-autoRelay=0"):
                 assert off in argv, (off, argv)
         out, _ = capture.communicate(timeout=60)  # the DHT's first 20+ s: port mapping starts at once

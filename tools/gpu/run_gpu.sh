@@ -98,6 +98,18 @@ case "$stage" in
     step $bench --blocks 12 --tokens 512 --processes 4
     step $bench --blocks 12 --tokens 1024 --batch 1 --kernels
     ;;
+  bringup)
+    # Issue 12 item 5: DHT + 4 servers x 12 OPT-30B blocks on one GPU, brought up and stopped REPEATS
+    # times (default 5), medians printed and kept in bringup.json; rows in bringup*.jsonl (a rerun resumes).
+    # The same with --sequential: the order before (servers started once the DHT is up), for the A/B.
+    n="${REPEATS:-5}"
+    for order in overlap sequential; do
+      flag=(); [[ "$order" == sequential ]] && flag=(--sequential)
+      python3 tools/bench_bringup.py --model facebook/opt-30b --servers 4 --device cuda --dtype float16 \
+        --repeats "$n" "${flag[@]}" --output "$out/bringup-opt30b-$order.jsonl" --workdir "/tmp/work-bringup-$order" \
+        -- --num-handlers 4 | tee "$out/bringup-opt30b-$order.json"
+    done
+    ;;
   opt30b-seed)
     swarm opt30b-b1m2 facebook/opt-30b 4 -- -b 1 --num-micro-batches 2 --num-processes 6 --output "$out/opt30b.tsv" \
       --token-sweep none --network-profile none --num-gpus 1
