@@ -17,7 +17,7 @@ from bench_client.swarm.local import bring_up
 from localswarm import LocalSwarm
 
 MODEL = "netbench/tiny"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
