@@ -14,6 +14,7 @@ before its blocks are built: a restarted DHT bootstrap peer joins the servers th
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -98,6 +99,8 @@ def prepare_model_dir(spec: ModelSpec, args: argparse.Namespace) -> Path:
 def petals_argv(spec: ModelSpec, model_dir: Path, peers: list[str], args: argparse.Namespace, device: str,
                 extra: list[str]) -> list[str]:
     torch_dtype, quant_type, _ = WEIGHT_DTYPES[args.dtype]
+    if quant_type != "none" and not device.startswith("cuda"):
+        torch_dtype = "bfloat16"  # petals refuses float16 on the CPU; bitsandbytes casts to float16 itself
     argv = [
         "run_server", str(model_dir),
         "--dht_prefix", spec.dht_prefix,
@@ -252,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     if refusal:
         fail(refusal)
     import petals.cli.run_server as run_server
+
+    if args.dtype in QUANTISED_DTYPES and not device.startswith("cuda"):
+        # bitsandbytes logs at every matmul that it casts the bfloat16 activations to float16
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 
     if args.weights == "dummy":
         # petals quantises (int8/nf4) CPU blocks as it moves them to the device: drawn on the device,
