@@ -11,10 +11,14 @@ What broke, and when each piece can go:
    before every server starts: on an offline GPU host behind a dropping firewall start-up stalls,
    and a private experiment must not talk to the internet at all. Always disabled here.
 3. petals imports bitsandbytes in every server (petals.utils.peft, for LoRA adapters) even in
-   float16. bitsandbytes 0.41.1 (the last release petals' peft 0.5.0 works with) raises at import on
-   CUDA 13 hosts ("CUDA Setup failed"), or is absent. When it cannot be imported we register a
-   placeholder whose quantised layers refuse to be built; int8/nf4 are then refused up front
-   (``bitsandbytes_error``). Remove when petals imports bitsandbytes lazily.
+   float16. petals asks for bitsandbytes 0.41.1, which raises at import on CUDA 13 hosts ("CUDA
+   Setup failed") and has no CPU kernels; we pin 0.50.2 instead (petals is installed --no-deps), which
+   imports with petals 2.2.0 and peft 0.5.0 unchanged, ships a CUDA 13 library and runs LLM.int8 and
+   NF4 on the CPU too (LoRA adapters on quantised blocks, which we never load, are untried with it).
+   Where bitsandbytes is absent or cannot be imported (a GPU host given no bitsandbytes wheel, or
+   0.41.1 on CUDA 13) we register a placeholder whose quantised layers refuse to be built; int8/nf4
+   are then refused up front (``bitsandbytes_error``; the server launcher also runs a quantised
+   layer on its device before starting). Remove when petals imports bitsandbytes lazily.
 4. Failover does not work against a killed server (petals 2.2.0 and its main branch): the
    replacement session inherits the failed one's input history but starts at position 0 ("Broken
    input cache"), and a failed server stays in the routes until the next refresh (60 s), while a
