@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.machinery
+import logging
 import os
 import sys
 import types
@@ -84,9 +85,16 @@ bitsandbytes_error: str | None = None  # why bitsandbytes is unusable here, if i
 def _bitsandbytes_or_placeholder() -> None:
     global bitsandbytes_error
     try:
-        # bitsandbytes prints its CUDA diagnostics to stdout, which carries JSON for some of our CLIs
-        with contextlib.redirect_stdout(sys.stderr):
-            import bitsandbytes  # noqa: F401
+        # bitsandbytes prints its CUDA diagnostics to stdout, which carries JSON for some of our CLIs;
+        # 0.50 also warns on every AVX512-BF16 CPU that an optional 4-bit kernel package is absent
+        cpu_kernels_log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+        level = cpu_kernels_log.level
+        cpu_kernels_log.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                import bitsandbytes  # noqa: F401
+        finally:
+            cpu_kernels_log.setLevel(level)
         return
     except Exception as exc:  # ImportError, or RuntimeError from its CUDA setup
         bitsandbytes_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
