@@ -86,18 +86,18 @@ def _dummy_blocks(model: str, device: str, dtype_name: str, count: int):
     import torch
 
     from bench_client import compat
+    from bench_client.core.models import WEIGHT_DTYPES, get_model, write_model_dir
 
-    compat.apply()
+    compute_dtype, quant_type, _ = WEIGHT_DTYPES[dtype_name]
+    compat.apply(quantisation=quant_type != "none")
     import petals.server.server as petals_server
     from petals import DistributedBloomConfig
 
-    from bench_client.core.models import WEIGHT_DTYPES, get_model, write_model_dir
     from bench_client.swarm.server import install_dummy_weights
 
     spec = get_model(model)
     with tempfile.TemporaryDirectory() as tmp:
         config = DistributedBloomConfig.from_pretrained(str(write_model_dir(spec, tmp)))
-    compute_dtype, quant_type, _ = WEIGHT_DTYPES[dtype_name]
     dtype = getattr(torch, compute_dtype)  # int8/nf4: the activations' dtype (float16)
     install_dummy_weights(device, seed=0, hand_over_on_cpu=quant_type != "none")
     blocks = [petals_server.load_pretrained_block("dummy", i, config=config, torch_dtype=dtype) for i in range(count)]

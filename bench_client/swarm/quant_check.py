@@ -48,7 +48,7 @@ def check(model: str, device: str, dtype: str, batch: int, tokens: int, seed: in
 
     from bench_client import compat
 
-    compat.apply()
+    compat.apply(quantisation=True)
     from petals import DistributedBloomConfig
     from petals.utils.convert_block import QuantType, convert_block
 

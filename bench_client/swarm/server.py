@@ -131,7 +131,7 @@ def quantisation_refusal(dtype: str, device: str) -> str | None:
 
     Quantises a small layer with petals' own code and runs it on ``device``: bitsandbytes 0.41.1
     imports on CPU hosts but has no CPU kernels, and a bitsandbytes without a library for the host's
-    CUDA imports but fails at the first call. Call after ``compat.apply()``."""
+    CUDA imports but fails at the first call. Call after ``compat.apply(quantisation=True)``."""
     if dtype not in QUANTISED_DTYPES:
         return None
     advice = "use float16 or bfloat16" if device.startswith("cuda") else "use float32 or bfloat16"
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     model_dir = prepare_model_dir(spec, args)
 
-    compat.apply()
+    compat.apply(quantisation=args.dtype in QUANTISED_DTYPES)
     refusal = quantisation_refusal(args.dtype, device)
     if refusal:
         fail(refusal)

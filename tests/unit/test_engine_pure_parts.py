@@ -258,7 +258,7 @@ def test_unusable_bitsandbytes_gets_a_placeholder_and_quantisation_is_refused(tm
     fake.mkdir()
     (fake / "__init__.py").write_text("raise RuntimeError('CUDA Setup failed despite GPU being available.')\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
-    probe = ("from bench_client import compat; compat.apply(); import petals.utils.peft, bitsandbytes; "
+    probe = ("from bench_client import compat; compat.apply(quantisation=True); import petals.utils.peft, bitsandbytes; "
              "print(bitsandbytes.__version__, '|', compat.bitsandbytes_error)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -14,7 +14,7 @@ from bench_client.swarm.server import install_dummy_weights, quantisation_refusa
 
 @pytest.fixture(scope="module", autouse=True)
 def petals_ready():
-    compat.apply()
+    compat.apply(quantisation=True)
     assert compat.bitsandbytes_error is None, compat.bitsandbytes_error
 
 
