@@ -11,11 +11,16 @@ What broke, and when each piece can go:
    before every server starts: on an offline GPU host behind a dropping firewall start-up stalls,
    and a private experiment must not talk to the internet at all. Always disabled here.
 3. petals imports bitsandbytes in every server (petals.utils.peft, for LoRA adapters) even in
-   float16. bitsandbytes 0.41.1 (the last release petals' peft 0.5.0 works with) raises at import on
-   CUDA 13 hosts ("CUDA Setup failed"), or is absent. When it cannot be imported we register a
-   placeholder whose quantised layers refuse to be built; int8/nf4 are then refused up front
-   (``bitsandbytes_error``). A server of float blocks does not even try (``apply(bitsandbytes=False)``:
-   its import alone takes seconds). Remove when petals imports bitsandbytes lazily.
+   float16. petals asks for bitsandbytes 0.41.1, which raises at import on CUDA 13 hosts ("CUDA
+   Setup failed") and has no CPU kernels; we pin 0.50.2 instead (petals is installed --no-deps), which
+   imports with petals 2.2.0 and peft 0.5.0 unchanged, ships a CUDA 13 library and runs LLM.int8 and
+   NF4 on the CPU too (LoRA adapters on quantised blocks, which we never load, are untried with it).
+   Importing 0.50 takes 2-4 s (it sets up torch.compile), so only processes that quantise import it
+   (``apply(quantisation=True)``); elsewhere, and where bitsandbytes is absent or cannot be imported
+   (a GPU host given no bitsandbytes wheel, or 0.41.1 on CUDA 13), we register a placeholder whose
+   quantised layers refuse to be built; int8/nf4 are then refused up front (``bitsandbytes_error``;
+   the server launcher also runs a quantised layer on its device before starting). Remove when
+   petals imports bitsandbytes lazily.
 4. Failover does not work against a killed server (petals 2.2.0 and its main branch): the
    replacement session inherits the failed one's input history but starts at position 0 ("Broken
    input cache"), and a failed server stays in the routes until the next refresh (60 s), while a
@@ -54,6 +59,7 @@ import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import sys
 import types
@@ -84,22 +90,45 @@ _HIVEMIND_NAMES: dict[str, str] = {
 
 _applied = False
 bitsandbytes_error: str | None = None  # why bitsandbytes is unusable here, if it is
+NOT_LOADED = "not loaded: only int8/nf4 processes load it (compat.apply(quantisation=True))"
 
 
 def _bitsandbytes_or_placeholder(load: bool) -> None:
     global bitsandbytes_error
-    if not load:  # a float server: petals imports it all the same, which costs seconds (scipy.stats)
-        bitsandbytes_error = "not loaded: this process serves unquantised blocks"
+    if not load:  # importing 0.50 costs 2-4 s (it sets up torch.compile): only quantising processes pay
+        bitsandbytes_error = NOT_LOADED
     else:
-        try:
-            # bitsandbytes prints its CUDA diagnostics to stdout, which carries JSON for some of our CLIs
-            with contextlib.redirect_stdout(sys.stderr):
-                import bitsandbytes  # noqa: F401
-            return
-        except Exception as exc:  # ImportError, or RuntimeError from its CUDA setup
-            bitsandbytes_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        _import_bitsandbytes()
+    if bitsandbytes_error:
+        _register_placeholder()
+
+
+def _forget_bitsandbytes() -> None:
     for name in [n for n in sys.modules if n == "bitsandbytes" or n.startswith("bitsandbytes.")]:
         del sys.modules[name]
+
+
+def _import_bitsandbytes() -> None:
+    global bitsandbytes_error
+    bitsandbytes_error = None
+    _forget_bitsandbytes()  # a placeholder registered before
+    try:
+        # bitsandbytes prints its CUDA diagnostics to stdout, which carries JSON for some of our CLIs;
+        # 0.50 also warns on every AVX512-BF16 CPU that an optional 4-bit kernel package is absent
+        cpu_kernels_log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+        level = cpu_kernels_log.level
+        cpu_kernels_log.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                import bitsandbytes  # noqa: F401
+        finally:
+            cpu_kernels_log.setLevel(level)
+    except Exception as exc:  # ImportError, or RuntimeError from its CUDA setup
+        bitsandbytes_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        _forget_bitsandbytes()
+
+
+def _register_placeholder() -> None:
     import torch
 
     message = f"bitsandbytes is unusable in this process ({bitsandbytes_error}); use float16/bfloat16/float32"
@@ -321,18 +350,20 @@ def import_without_package_inits(packages: tuple[str, ...] = HIVEMIND_DHT_PACKAG
             setattr(sys.modules[parent], child, package)
 
 
-def apply(bitsandbytes: bool = True) -> None:
+def apply(quantisation: bool = False) -> None:
     """Make ``import petals`` work and behave in a private, offline swarm. Idempotent.
 
-    bitsandbytes=False: never import bitsandbytes, its placeholder stands in (a server of unquantised
-    blocks, which needs none of it: seconds less at start-up)."""
+    ``quantisation``: this process quantises (int8/nf4), so the real bitsandbytes is imported;
+    otherwise the placeholder stands in (petals imports bitsandbytes even in float16)."""
     global _applied
     if _applied:
+        if quantisation and bitsandbytes_error == NOT_LOADED:  # a quantising part after a plain one
+            _bitsandbytes_or_placeholder(load=True)
         return
     _offline_environment()
     # transformers 4.34 on torch >= 2.2 warns once per process about a renamed pytree helper
     warnings.filterwarnings("ignore", message=".*_register_pytree_node.*", category=FutureWarning)
-    _bitsandbytes_or_placeholder(bitsandbytes)
+    _bitsandbytes_or_placeholder(load=quantisation)
     _reexport_hivemind_names()
     _disable_version_check()
     keep_p2p_private()  # no NAT port mapping, AutoNAT or relays: nothing sent beyond the experiment's hosts

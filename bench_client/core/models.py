@@ -20,10 +20,10 @@ WEIGHT_DTYPES: dict[str, tuple[str, str, float]] = {
     "float32": ("float32", "none", 4.0),
     "float16": ("float16", "none", 2.0),
     "bfloat16": ("bfloat16", "none", 2.0),
-    "int8": ("float16", "int8", 1.0),  # LLM.int8 via bitsandbytes, CUDA only
-    "nf4": ("float16", "nf4", 0.5),  # QLoRA 4-bit via bitsandbytes, CUDA only
+    "int8": ("float16", "int8", 1.0),  # LLM.int8 via bitsandbytes (CUDA; CPU from bitsandbytes 0.50)
+    "nf4": ("float16", "nf4", 0.5),  # QLoRA 4-bit via bitsandbytes (CUDA; CPU from bitsandbytes 0.50)
 }
-CUDA_ONLY_DTYPES = frozenset({"int8", "nf4"})
+QUANTISED_DTYPES = frozenset(name for name, (_, quant, _) in WEIGHT_DTYPES.items() if quant != "none")
 
 
 class UnknownModelError(ValueError):

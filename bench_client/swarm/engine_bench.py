@@ -86,25 +86,34 @@ def _dummy_blocks(model: str, device: str, dtype_name: str, count: int):
     import torch
 
     from bench_client import compat
+    from bench_client.core.models import WEIGHT_DTYPES, get_model, write_model_dir
 
-    compat.apply()
+    compute_dtype, quant_type, _ = WEIGHT_DTYPES[dtype_name]
+    compat.apply(quantisation=quant_type != "none")
     import petals.server.server as petals_server
     from petals import DistributedBloomConfig
 
-    from bench_client.core.models import get_model, write_model_dir
     from bench_client.swarm.server import install_dummy_weights
 
     spec = get_model(model)
     with tempfile.TemporaryDirectory() as tmp:
         config = DistributedBloomConfig.from_pretrained(str(write_model_dir(spec, tmp)))
-    install_dummy_weights(device, seed=0)
-    dtype = getattr(torch, dtype_name)
+    dtype = getattr(torch, compute_dtype)  # int8/nf4: the activations' dtype (float16)
+    install_dummy_weights(device, seed=0, hand_over_on_cpu=quant_type != "none")
     blocks = [petals_server.load_pretrained_block("dummy", i, config=config, torch_dtype=dtype) for i in range(count)]
+    if quant_type != "none":  # as the server does: petals quantises while moving each block to the device
+        from petals.utils.convert_block import QuantType, convert_block
+
+        blocks = [convert_block(block, i, config, [torch.device(device)], torch.device(device),
+                                QuantType[quant_type.upper()]) for i, block in enumerate(blocks)]
     return spec, config, dtype, blocks
 
 
-def _weight_bytes(blocks, dtype) -> int:
-    return sum(p.numel() for b in blocks for p in b.parameters()) * dtype.itemsize
+def _weight_bytes(blocks) -> int:
+    """Bytes the blocks' weights occupy as stored (int8 weights and their scales for int8)."""
+    import torch
+
+    return sum(t.numel() * t.element_size() for b in blocks for t in b.state_dict().values() if torch.is_tensor(t))
 
 
 def bench_blocks(args: argparse.Namespace) -> dict:
@@ -115,9 +124,14 @@ def bench_blocks(args: argparse.Namespace) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.monotonic() - start
-    return {"model": spec.name, "device": args.device, "dtype": args.dtype, "blocks": args.blocks,
-            "seconds": round(elapsed, 3), "gb": round(_weight_bytes(blocks, dtype) / 1e9, 2),
-            "finite": bool(all(torch.isfinite(p).all() for b in blocks for p in b.parameters()))}
+    result = {"model": spec.name, "device": args.device, "dtype": args.dtype, "blocks": args.blocks,
+              "seconds": round(elapsed, 3), "gb": round(_weight_bytes(blocks) / 1e9, 2),
+              "finite": bool(all(torch.isfinite(p).all() for b in blocks for p in b.parameters()
+                                 if p.is_floating_point()))}
+    if args.device.startswith("cuda"):
+        result["gpu_gib_allocated"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+        result["gpu_gib_peak"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return result
 
 
 def _step_one_process(args: argparse.Namespace) -> dict:
@@ -147,7 +161,7 @@ def _step_one_process(args: argparse.Namespace) -> dict:
         step()
         steps += 1
     elapsed = time.monotonic() - start
-    weight_bytes = _weight_bytes(blocks, dtype)
+    weight_bytes = _weight_bytes(blocks)
     result = {"steps_per_s": round(steps / elapsed, 2), "step_ms": round(1000 * elapsed / steps, 3),
               "weight_gb": round(weight_bytes / 1e9, 2), "weight_gb_per_s": round(weight_bytes * steps / elapsed / 1e9, 1)}
     if args.kernels:

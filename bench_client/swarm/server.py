@@ -14,6 +14,7 @@ before its blocks are built: a restarted DHT bootstrap peer joins the servers th
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench_client import compat
-from bench_client.core.models import CUDA_ONLY_DTYPES, WEIGHT_DTYPES, ModelSpec, get_model, parse_block_span, write_model_dir
+from bench_client.core.models import QUANTISED_DTYPES, WEIGHT_DTYPES, ModelSpec, get_model, parse_block_span, write_model_dir
 from bench_client.swarm.peers import (PeerError, check_literal_peers, pending_address_files, resolve_initial_peers,
                                      wait_for_address_files, write_address_file)
 from bench_client.core.processes import exit_on_sigterm, fail
@@ -102,6 +103,8 @@ def prepare_model_dir(spec: ModelSpec, args: argparse.Namespace) -> Path:
 def petals_argv(spec: ModelSpec, model_dir: Path, peers: list[str], args: argparse.Namespace, device: str,
                 extra: list[str]) -> list[str]:
     torch_dtype, quant_type, _ = WEIGHT_DTYPES[args.dtype]
+    if quant_type != "none" and not device.startswith("cuda"):
+        torch_dtype = "bfloat16"  # petals refuses float16 on the CPU; bitsandbytes casts to float16 itself
     argv = [
         "run_server", str(model_dir),
         "--dht_prefix", spec.dht_prefix,
@@ -127,8 +130,44 @@ def petals_argv(spec: ModelSpec, model_dir: Path, peers: list[str], args: argpar
     return argv + extra
 
 
-def install_dummy_weights(device: str, seed: int) -> None:
-    """Make petals build each block with random weights on ``device`` instead of loading a checkpoint."""
+def quantisation_refusal(dtype: str, device: str) -> str | None:
+    """Why ``dtype`` cannot be served on ``device`` here (None: it can, or it needs no quantisation).
+
+    Quantises a small layer with petals' own code and runs it on ``device``: bitsandbytes 0.41.1
+    imports on CPU hosts but has no CPU kernels, and a bitsandbytes without a library for the host's
+    CUDA imports but fails at the first call. Call after ``compat.apply(quantisation=True)``."""
+    if dtype not in QUANTISED_DTYPES:
+        return None
+    advice = "use float16 or bfloat16" if device.startswith("cuda") else "use float32 or bfloat16"
+    if compat.bitsandbytes_error:
+        return f"--dtype {dtype} needs bitsandbytes, which is unusable here ({compat.bitsandbytes_error}); {advice}"
+    import torch
+    from petals.utils.convert_block import QuantType, quantize_module
+
+    try:
+        layer = quantize_module(torch.nn.Sequential(torch.nn.Linear(64, 64).half()),
+                                quant_type=QuantType[WEIGHT_DTYPES[dtype][1].upper()]).to(device).eval()
+        with torch.inference_mode():
+            out = layer(torch.ones(2, 64, dtype=torch.float16, device=device))
+        if not torch.isfinite(out).all():
+            raise RuntimeError("non-finite output")
+    except Exception as exc:  # bitsandbytes raises several types (RuntimeError, NotImplementedError, ...)
+        from importlib.metadata import version as installed_version
+
+        version = installed_version("bitsandbytes")  # 0.41.1 has no __version__
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        return (f"--dtype {dtype} does not run on {device} with bitsandbytes {version} "
+                f"({type(exc).__name__}: {first_line}); {advice}, or install bitsandbytes>=0.50")
+    return None
+
+
+def install_dummy_weights(device: str, seed: int, *, hand_over_on_cpu: bool = False) -> None:
+    """Make petals build each block with random weights on ``device`` instead of loading a checkpoint.
+
+    The weights depend on the device kind: CPU and CUDA generators draw different numbers from one
+    seed. ``hand_over_on_cpu`` still draws them on ``device`` (fast, and the weights a float16 server
+    of the same seed holds) but returns the block on the CPU, where petals' quantisation wants it: it
+    quantises each layer while moving it back to the device."""
     import torch
     from accelerate import init_empty_weights
     import petals.server.server as petals_server
@@ -150,7 +189,10 @@ def install_dummy_weights(device: str, seed: int) -> None:
                     param.fill_(1.0)
                 else:
                     param.normal_(0.0, config.initializer_range, generator=generator)
-        return block
+        # servers only infer: bitsandbytes on the CPU runs LLM.int8's matmul only outside training
+        # mode (dropout is 0 in these configs, so float blocks compute the same either way)
+        block.eval()
+        return block.cpu() if hand_over_on_cpu else block
 
     petals_server.load_pretrained_block = load_dummy_block
 
@@ -214,15 +256,17 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, PeerError) as exc:
         fail(str(exc))
     device = resolve_device(args.device)
-    if args.dtype in CUDA_ONLY_DTYPES and not device.startswith("cuda"):
-        fail(f"--dtype {args.dtype} needs bitsandbytes on a CUDA GPU; on {device} use float32, float16 or bfloat16")
     model_dir = prepare_model_dir(spec, args)
 
-    compat.apply(bitsandbytes=args.dtype in CUDA_ONLY_DTYPES)  # float blocks: no bitsandbytes import (seconds)
-    if args.dtype in CUDA_ONLY_DTYPES and compat.bitsandbytes_error:
-        fail(f"--dtype {args.dtype} needs bitsandbytes, which is unusable here ({compat.bitsandbytes_error}); "
-             "use float16 or bfloat16")
+    compat.apply(quantisation=args.dtype in QUANTISED_DTYPES)
+    refusal = quantisation_refusal(args.dtype, device)
+    if refusal:
+        fail(refusal)
     import petals.cli.run_server as run_server
+
+    if args.dtype in QUANTISED_DTYPES and not device.startswith("cuda"):
+        # bitsandbytes logs at every matmul that it casts the bfloat16 activations to float16
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 
     if pending:
         try:
@@ -232,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         except PeerError as exc:
             fail(str(exc))
     if args.weights == "dummy":
-        # int8/nf4 quantisation in petals expects CPU blocks as input; everything else is built in place
-        install_dummy_weights("cpu" if args.dtype in CUDA_ONLY_DTYPES else device, args.seed)
+        # petals quantises (int8/nf4) CPU blocks as it moves them to the device: drawn on the device,
+        # handed over on the CPU (drawing 4 OPT-30B blocks on the CPU took 90 s on an H200 host)
+        install_dummy_weights(device, args.seed, hand_over_on_cpu=args.dtype in QUANTISED_DTYPES)
     join_with_retries(args.join_timeout)
     if args.address_file:  # wraps the retrying constructor: the addresses of the node that came up
         publish_addresses(args.address_file)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from bench_client.core.results import ResultsFileError, ResultsWriter, TsvRow, m
 from bench_client.core.sweep import (SweepPoint, attention_cache_tokens, build_sweep, parse_token_sweep, remaining, repeat_of,
                                 repeat_sweep)
 
+ROOT = Path(__file__).resolve().parents[2]
 PEER = "/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9"
 
 
@@ -213,7 +216,6 @@ def test_client_refuses_bad_input_before_connecting(tmp_path, args, message):
     (["--block-indices", "0:9"], "must satisfy 0 <= START < END <= 4"),
     (["--block-indices", "0:2", "--initial-peers", "/dns/bootstrap2.petals.dev/tcp/31338/p2p/"
       "QmQGTqmM7NKjV6ggU1ZCap8zWiyKR89RViDXiqehSiCpY5"], "public Petals bootstrap peer"),
-    (["--block-indices", "0:2", "--dtype", "int8", "--device", "cpu"], "--dtype int8 needs bitsandbytes on a CUDA GPU"),
 ])
 def test_server_refuses_bad_input(args, message):
     base = ["--model", "netbench/tiny", "--initial-peers", PEER]
@@ -225,23 +227,48 @@ def test_server_refuses_bad_input(args, message):
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("dtype", ["int8", "nf4"])
+def test_quantisation_that_bitsandbytes_cannot_run_here_is_refused(tmp_path, dtype):
+    # bitsandbytes 0.41.1 imports on a CPU host but has no CPU kernels: a stand-in that imports and
+    # whose quantised layers fail at the first call, as that one does ("Torch not compiled with CUDA")
+    fake = tmp_path / "bitsandbytes"
+    (fake / "nn").mkdir(parents=True)
+    (fake / "__init__.py").write_text("from . import nn\n")
+    (fake / "nn" / "__init__.py").write_text(
+        "import torch\n"
+        "class _NoKernel(torch.nn.Linear):\n"
+        "    def __init__(self, i, o, bias=True, **kw):\n        super().__init__(i, o, bias)\n"
+        "    def forward(self, x):\n        raise AssertionError('Torch not compiled with CUDA enabled')\n"
+        "def _param(data, **kw):\n    return torch.nn.Parameter(data, requires_grad=False)\n"
+        "Linear8bitLt = LinearNF4 = _NoKernel\nInt8Params = Params4bit = _param\n")
+    (tmp_path / "bitsandbytes-0.41.1.dist-info").mkdir()
+    (tmp_path / "bitsandbytes-0.41.1.dist-info" / "METADATA").write_text("Name: bitsandbytes\nVersion: 0.41.1\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    result = subprocess.run([sys.executable, "-m", "bench_client.swarm.server", "--model", "netbench/tiny",
+                             "--initial-peers", PEER, "--block-indices", "0:2", "--dtype", dtype, "--device", "cpu"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (f"--dtype {dtype} does not run on cpu with bitsandbytes 0.41.1 (AssertionError: Torch not compiled "
+            "with CUDA enabled); use float32 or bfloat16, or install bitsandbytes>=0.50") in result.stderr
+
+
 def test_unusable_bitsandbytes_gets_a_placeholder_and_quantisation_is_refused(tmp_path):
     # what bitsandbytes 0.41.1 does on a CUDA 13 host: raise at import
     fake = tmp_path / "bitsandbytes"
     fake.mkdir()
     (fake / "__init__.py").write_text("raise RuntimeError('CUDA Setup failed despite GPU being available.')\n")
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
-    probe = ("from bench_client import compat; compat.apply(); import petals.utils.peft, bitsandbytes; "
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    probe = ("from bench_client import compat; compat.apply(quantisation=True); import petals.utils.peft, bitsandbytes; "
              "print(bitsandbytes.__version__, '|', compat.bitsandbytes_error)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "0+unavailable | RuntimeError: CUDA Setup failed" in result.stdout
     refused = subprocess.run([sys.executable, "-m", "bench_client.swarm.server", "--model", "netbench/tiny",
-                              "--initial-peers", PEER, "--block-indices", "0:2", "--dtype", "nf4", "--device", "cuda"],
+                              "--initial-peers", PEER, "--block-indices", "0:2", "--dtype", "nf4", "--device", "cpu"],
                              capture_output=True, text=True, env=env, timeout=120)
     assert refused.returncode == 2
-    # without a GPU here the device check answers first; with one, the bitsandbytes check would
-    assert "no usable CUDA GPU" in refused.stderr or "needs bitsandbytes, which is unusable" in refused.stderr
+    assert ("--dtype nf4 needs bitsandbytes, which is unusable here (RuntimeError: CUDA Setup failed despite GPU "
+            "being available.); use float32 or bfloat16") in refused.stderr
 
 
 def test_client_refuses_a_directory_as_output(tmp_path):

@@ -120,8 +120,12 @@ def test_runtime_without_role_tasks():
     assert [s["name"] for s in plan["servers_by_host"]["a"]] == ["server0", "server1"]
 
 
-def test_cuda_only_dtype_on_cpu():
-    assert "needs CUDA" in refusal(dtype="int8")
+def test_quantised_dtypes_are_planned_on_cpu_hosts_at_their_size():
+    # bitsandbytes 0.50.2 runs int8/nf4 on the CPU (tests/unit/test_quantised_blocks.py)
+    plans = {dtype: make_plan(config(dtype=dtype)) for dtype in ("float32", "int8", "nf4")}
+    assert [plans[d]["dtype"] for d in plans] == ["float32", "int8", "nf4"]
+    needed = [plans[d]["memory"]["needed_bytes"] for d in plans]
+    assert needed[0] == 4 * needed[1] == 8 * needed[2]  # 4, 1 and 0.5 bytes per weight
 
 
 def test_shaping_profile_on_an_inventory_without_shaping():

@@ -11,7 +11,8 @@ py312=${PY312:-$(ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | hea
 # not carried (the GPU image has them, KINDS.md): torch, numpy, scipy, jinja2, pyyaml, packaging, psutil,
 # safetensors, sentencepiece, tqdm, attrs, grpcio, protobuf, msgpack, uvloop, regex, six, sortedcontainers,
 # typing-extensions; grpcio-tools (hivemind's metadata asks for it, nothing imports it at run time);
-# bitsandbytes (compat's placeholder stands in on CUDA 13)
+# bitsandbytes (43 MB for every CUDA: tools/gpu/int8-check.sh wheel makes a CUDA 13-only one; without it
+# compat's placeholder stands in and int8/nf4 are refused)
 names=(accelerate annotated-types async-timeout base58 ConfigArgParse Dijkstar hivemind huggingface-hub humanfriendly
   netaddr peft petals prefetch_generator pydantic pydantic_core python-baseconv varint
   speedtest-cli tensor-parallel tokenizers transformers py-multihash py-multibase py-multicodec py-cid
