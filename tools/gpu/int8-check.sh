@@ -8,7 +8,7 @@
 #   bash tools/gpu/make-wheels.sh .whl            # the Petals stack, if .whl/ is not there yet
 # On the GPU host, from the repository root (carry .whl and .whl-bnb):
 #   bash tools/gpu/int8-check.sh run OUTDIR
-# The same run on CPU (what tests/unit/test_int8_check_script.py does, with a small model):
+# The same run on CPU (what tests/processes/test_int8_check_script.py does, with a small model):
 #   MODEL=facebook/opt-125m DEVICE=cpu BLOCKS=2 bash tools/gpu/int8-check.sh run OUTDIR
 # OUTDIR gets, one JSON file each:
 #   check-<dtype>-<model>.json  quantised block vs float32, same weights (bench_client.swarm.quant_check);
