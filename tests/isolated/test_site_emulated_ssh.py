@@ -1,8 +1,9 @@
 """The emulated inventory over real ssh: three network namespaces made by this test (bridge inside a
 namespace it owns, sshd in each), the DHT and client on h1, one server each on h2 and h3, two
 profiles in one run (unshaped, then a rate-only 20 Mbit/s custom profile: this kernel has tbf but no
-netem). Checks that the shaping was measurably in effect, that a second provision+shaping run
-changes nothing, then `--tags cleanup` and that nothing of ours is left: no qdisc, no process but
+netem). The hosts start without the harness (their Python has petals and torch but no bench_client):
+provisioning installs the controller's. Checks that the shaping was measurably in effect, that a
+second provision+shaping run changes nothing, then `--tags cleanup` and that nothing of ours is left: no qdisc, no process but
 the test's own sshd, no listening port but ssh. About 4 minutes on 2 cores."""
 
 from __future__ import annotations
@@ -29,10 +30,28 @@ SWEEP = ["-e", "bench_client_prompt_lengths=[16]", "-e", "bench_client_new_token
 RATE_PROFILE = {"name": "rate20", "rate": f"{RATE_MBIT}mbit"}
 
 
+def bare_python(directory: Path) -> Path:
+    """A host's Python without the harness: this venv's packages (petals, torch) on its path, but not its
+    editable install of bench_client (-S: no .pth file runs, so the editable finder is never installed)."""
+    site_packages = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "petals").is_dir())
+    python = directory / "bare-python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{site_packages}" exec {sys.executable} -S "$@"\n')
+    python.chmod(0o755)
+    found = subprocess.run([str(python), "-c", "import torch, hivemind; import bench_client"], cwd=directory,
+                           capture_output=True, text=True, timeout=120)
+    assert "No module named 'bench_client'" in found.stderr, found  # the hosts really start bare
+    return python
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     directory = tmp_path_factory.mktemp("lab")
     with netns_lab.lab(directory, count=3, python=sys.executable, prefix=PREFIX) as inventory:
+        # Ansible's modules keep the venv's Python; the experiment's own (netbench_python) is bare
+        written = Path(inventory).read_text()
+        data = json.loads(written[written.index("{"):])
+        data["all"]["vars"]["netbench_python"] = str(bare_python(directory))
+        Path(inventory).write_text(json.dumps(data, indent=2) + "\n")
         yield directory, inventory
 
 
@@ -88,8 +107,12 @@ def test_emulated_swarm_shaped_idempotent_and_cleaned(lab):
         run_dir = Path(summary["results_dir"])
         assert sorted(p.parent.name for p in run_dir.glob("*/out.tsv")) == ["none", "rate20"]
 
-        # the swarm was spread: the DHT and client on h1, one server on each of h2 and h3
+        # every host got the controller's harness (a wheel, pip --target, a wrapper) and ran with it
         work = lab_dir / "work"
+        for host in ("h1", "h2", "h3"):
+            assert (work / host / "harness" / "python").is_file(), host
+            assert list((work / host / "harness" / "site").glob("petals_netbench-*.dist-info")), host
+        # the swarm was spread: the DHT and client on h1, one server on each of h2 and h3
         assert sorted(p.name for p in (work / "h1" / "run").glob("*.pid")) == ["dht.pid"]
         assert [p.name for p in (work / "h2" / "run").glob("*.pid")] == ["server0.pid"]
         assert [p.name for p in (work / "h3" / "run").glob("*.pid")] == ["server0.pid"]
