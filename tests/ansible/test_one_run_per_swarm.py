@@ -18,7 +18,8 @@ from bench_client.core.daemon import Record, is_running
 from bench_client.core.results import read_metadata, read_tsv
 from bench_client.orchestration.runner import run_experiment
 
-TOKENS = 24  # the sweep: prompt 16 with 0..23 new tokens, long enough to be caught running
+TOKENS = 40  # the sweep: prompt 16 with 0..39 new tokens, long enough to be caught running (and to outlast
+# the refused second run and the Ctrl-C on a loaded machine: with 24 the sweep had ended before them)
 
 
 def test_second_run_refused_and_interrupted_run_taken_over(tmp_path):
