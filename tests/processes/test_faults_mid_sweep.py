@@ -139,14 +139,6 @@ def kill_group(managed: Managed) -> None:
     assert not group_members(managed.process.pid)
 
 
-@pytest.fixture
-def swarm(tmp_path):
-    swarm = LocalSwarm(tmp_path)
-    yield swarm
-    swarm.stop_all()
-    assert not swarm.leftovers(), f"processes left after stopping the swarm: {swarm.leftovers()}"
-
-
 def test_server_killed_mid_sweep_with_a_replica_reroutes_and_finishes(swarm, tmp_path):
     swarm.start_dht()
     servers = [swarm.start_server("server-a", MODEL, "0:4"), swarm.start_server("server-b", MODEL, "0:4")]

@@ -14,18 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench_client.swarm.local import bring_up
-from localswarm import LocalSwarm
 
 MODEL = "netbench/tiny"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def swarm(tmp_path):
-    swarm = LocalSwarm(tmp_path)
-    yield swarm
-    swarm.stop_all()
-    assert not swarm.leftovers(), f"processes left after stopping the swarm: {swarm.leftovers()}"
 
 
 def wait_for_line(managed, text: str, timeout: float = 120.0) -> None:

@@ -1,0 +1,16 @@
+"""Fixtures of the tests that start real swarm processes on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from localswarm import LocalSwarm
+
+
+@pytest.fixture
+def swarm(tmp_path):
+    """A fresh local swarm for one test, which must leave no process of it behind."""
+    swarm = LocalSwarm(tmp_path)
+    yield swarm
+    swarm.stop_all()
+    assert not swarm.leftovers(), f"processes left after stopping the swarm: {swarm.leftovers()}"
