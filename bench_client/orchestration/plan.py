@@ -86,6 +86,14 @@ class HostInfo:
     # how the host gets sch_netem (bench_client.netem.kernel.module_action, from the netem role's probe);
     # None where not probed (no shaping, the router backend)
     netem_module: dict[str, Any] | None = None
+    # the login user (the probe's id -u / id -un), whether it may `sudo -n`, whether the inventory gives
+    # a become password, and whether the swarm firewall is asked for: what decides become below
+    uid: int = 0
+    user: str = "root"
+    sudo: bool = False
+    become_password: bool = False
+    firewall: bool = False
+    workdir_writable: bool = True  # the work directory exists, or the login user may create it
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> HostInfo:
@@ -101,7 +109,10 @@ class HostInfo:
                    gpus_mib=tuple(int(m) for m in data.get("gpus_mib") or ()),
                    mem_bytes=int(data.get("mem_kb") or 0) * 1024, shaping=bool(data.get("shaping", False)),
                    address=str(data.get("address") or "127.0.0.1"), machine_id=str(data.get("machine_id") or name),
-                   netem_module=data.get("netem_module") or None)
+                   netem_module=data.get("netem_module") or None, uid=int(data.get("uid") or 0),
+                   user=str(data.get("user") or "root"), sudo=_flag(data.get("sudo")),
+                   become_password=_flag(data.get("become_password")), firewall=_flag(data.get("firewall")),
+                   workdir_writable=_flag(data.get("workdir_writable", True)))
 
     def server_count(self, inventory_gpus: int) -> int:
         """Servers on this host. On CUDA: netbench_servers_per_host if set, else netbench_servers_per_gpu
@@ -116,6 +127,42 @@ class HostInfo:
             per_gpu = self.servers_per_gpu or math.ceil(PAPER_SERVERS / max(inventory_gpus, 1))
             return self.servers or per_gpu * len(self.gpus_mib)
         return self.servers or 1
+
+
+def _flag(value: Any) -> bool:
+    """A boolean from Jinja or JSON: true/false, or the strings Ansible leaves ("True", "false", "yes")."""
+    return str(value).strip().lower() in ("true", "yes", "1", "on")
+
+
+def root_needs(info: HostInfo, shapes: bool) -> list[str]:
+    """What of the run needs root on this host: everything else (the harness, the DHT, the servers and
+    the client of the process runtime) runs as the login user. ``shapes``: a server host whose links
+    may be shaped (netbench_shaping), whatever this run's profiles: its cleanup removes qdiscs too."""
+    needs = []
+    if not info.workdir_writable:
+        needs.append("creating the work directory (netbench_workdir) where the login user may not")
+    if shapes:
+        needs.append("shaping (tc, sch_netem)")
+    if info.firewall:
+        needs.append("the swarm firewall (nftables)")
+    if info.runtime == "docker":
+        needs.append("the Docker runtime (docker, its packages)")
+    return needs
+
+
+def plan_become(hosts: dict[str, HostInfo], shaped_servers: set[str]) -> dict[str, bool]:
+    """Which hosts run their root tasks with become (sudo): those whose login user is not root and that
+    have root tasks at all. A host that needs root but whose user cannot get it (no passwordless sudo
+    and no become password in the inventory) is refused here, before anything changes."""
+    become = {}
+    for name, info in hosts.items():
+        needs = root_needs(info, name in shaped_servers)
+        become[name] = bool(needs) and info.uid != 0
+        if become[name] and not (info.sudo or info.become_password):
+            raise PlanError(f"host {name}: {', '.join(needs)} must run as root, but the login user {info.user} (uid {info.uid}) "
+                            "cannot sudo without a password (sudo -n true failed); give it passwordless sudo, set "
+                            "ansible_become_password (vault) or pass --ask-become-pass, or log in as root")
+    return become
 
 
 def check_netem_modules(needing: list[str], server_hosts: dict[str, HostInfo]) -> None:
@@ -423,10 +470,11 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
                             f"{', '.join(unable)} (netbench_shaping: false, e.g. the local no-root inventory); "
                             "use profiles=none here or the emulated/cloud inventory")
         check_netem_modules([p["name"] for p in profiles if p.get("needs_netem")], server_hosts)
+    all_hosts = {name: server_hosts.get(name) or HostInfo.from_dict(name, data or {}) for name, data in host_data.items()}
+    become = plan_become(all_hosts, {name for name, info in server_hosts.items() if info.shaping})
     memory = check_memory(model, dtype, servers, server_hosts)
     client = groups["clients"][0]
-    check_gpu_memory(model, dtype, servers, server_hosts, workload,
-                     server_hosts.get(client) or HostInfo.from_dict(client, host_data[client]))
+    check_gpu_memory(model, dtype, servers, server_hosts, workload, all_hosts[client])
     # per-GPU throughput divides by GPUs, not servers (several servers may share one)
     num_gpus = len({physical_gpu(server_hosts, s["host"], s["gpu"]) for s in servers if s["gpu"] is not None})
     systems = parse_systems(config.get("systems"))
@@ -439,7 +487,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
         "attn_cache_tokens": workload["attn_cache_tokens"], "systems": systems,
         "flexgen_host": gpu_servers[0] if "flexgen" in systems else None,
         "servers_by_host": {h: [s for s in servers if s["host"] == h] for h in counts},
-        "num_servers": len(servers), "num_gpus": num_gpus, "bench": bench,
+        "num_servers": len(servers), "num_gpus": num_gpus, "bench": bench, "become": become,
         "gpus_by_host": {h: len((data or {}).get("gpus_mib") or ()) for h, data in host_data.items()}, "memory": memory, "groups": groups,
     }
 

@@ -1,15 +1,20 @@
 """The emulated inventory over real ssh: three network namespaces made by this test (bridge inside a
 namespace it owns, sshd in each), the DHT and client on h1, one server each on h2 and h3, two
 profiles in one run (unshaped, then a rate-only 20 Mbit/s custom profile: this kernel has tbf but no
-netem). The hosts start without the harness (their Python has petals and torch but no bench_client):
+netem). The test logs in as a non-root user with passwordless sudo, as on rented hosts: the shaping
+becomes root, the harness, the swarm and the client run as that user. The hosts start without the harness (their Python has petals and torch but no bench_client):
 provisioning installs the controller's. Checks that the shaping was measurably in effect, that a
 second provision+shaping run changes nothing, then `--tags cleanup` and that nothing of ours is left: no qdisc, no process but
 the test's own sshd, no listening port but ssh. About 4 minutes on 2 cores."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
+import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -43,14 +48,60 @@ def bare_python(directory: Path) -> Path:
     return python
 
 
+@contextlib.contextmanager
+def traversable_by_others(paths: list[Path]):
+    """o+x (enter, not list) on the given directories and their parents that lack it, as long as the
+    test runs, restored afterwards exactly as found: pytest's base temp directory is 0700, and the
+    venv's interpreter may live in root's home (pyenv under /root, 0700)."""
+    changed: dict[Path, int] = {}
+    for path in paths:
+        for directory in [path, *path.parents]:
+            mode = directory.stat().st_mode
+            if directory not in changed and not mode & stat.S_IXOTH:
+                changed[directory] = stat.S_IMODE(mode)
+                directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for directory, mode in changed.items():
+            directory.chmod(mode)
+
+
+@contextlib.contextmanager
+def login_user(home: Path):
+    """A non-root login user with passwordless sudo, as on a rented host (ubuntu@...): the run must
+    become root for the root tasks only (shaping), and run the harness and the swarm as this user.
+    The account (and its sudoers entry) exists only while the test runs."""
+    if not shutil.which("sudo"):
+        pytest.skip("sudo is not installed (.ci/setup.d/10-system.sh installs it)")
+    name = f"nbu{os.getpid() % 10000}"
+    subprocess.run(["useradd", "--system", "--home-dir", str(home), "--create-home", "--shell", "/bin/sh", name],
+                   check=True)
+    sudoers = Path("/etc/sudoers.d") / name
+    try:
+        # no password, but not locked: the lab's sshd runs without PAM and refuses a locked account
+        subprocess.run(["usermod", "--password", "*", name], check=True)
+        sudoers.write_text(f"{name} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+        sudoers.chmod(0o440)
+        yield name
+    finally:
+        sudoers.unlink(missing_ok=True)
+        subprocess.run(["userdel", "--force", name], check=False)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     directory = tmp_path_factory.mktemp("lab")
-    with netns_lab.lab(directory, count=3, python=sys.executable, prefix=PREFIX) as inventory:
+    # the lab goes down (its sshd and the user's sessions with it) before the user is removed
+    with (traversable_by_others([directory, Path(sys.executable).parent, Path(os.path.realpath(sys.executable)).parent]),
+          login_user(directory / "home") as user,
+          netns_lab.lab(directory, count=3, python=sys.executable, prefix=PREFIX) as inventory):
+        (directory / "authorized_keys").chmod(0o644)  # sshd reads it as the user who logs in
         # Ansible's modules keep the venv's Python; the experiment's own (netbench_python) is bare
         written = Path(inventory).read_text()
         data = json.loads(written[written.index("{"):])
         data["all"]["vars"]["netbench_python"] = str(bare_python(directory))
+        data["all"]["vars"]["ansible_user"] = user
         Path(inventory).write_text(json.dumps(data, indent=2) + "\n")
         yield directory, inventory
 
@@ -116,6 +167,14 @@ def test_emulated_swarm_shaped_idempotent_and_cleaned(lab):
         assert sorted(p.name for p in (work / "h1" / "run").glob("*.pid")) == ["dht.pid"]
         assert [p.name for p in (work / "h2" / "run").glob("*.pid")] == ["server0.pid"]
         assert [p.name for p in (work / "h3" / "run").glob("*.pid")] == ["server0.pid"]
+        # ... and runs as the login user, not root (only the shaping became root), in its own work directories
+        written = Path(inventory).read_text()
+        user = json.loads(written[written.index("{"):])["all"]["vars"]["ansible_user"]
+        uid = pwd.getpwnam(user).pw_uid
+        for pidfile in [work / "h1" / "run" / "dht.pid", work / "h2" / "run" / "server0.pid"]:
+            pid = json.loads(pidfile.read_text())["pid"]
+            assert Path(f"/proc/{pid}").stat().st_uid == uid, (pidfile, pid)
+        assert all((work / host).stat().st_uid == uid for host in ("h1", "h2", "h3"))
         unshaped = [json.loads(x) for x in (run_dir / "none" / "out.jsonl").read_text().splitlines()]
         shaped = [json.loads(x) for x in (run_dir / "rate20" / "out.jsonl").read_text().splitlines()]
         assert all(r["status"] == "ok" and r["num_servers"] == 2 for r in unshaped + shaped)

@@ -257,3 +257,33 @@ def test_bench_settings_are_converted(bench, expected):
 ])
 def test_bad_bench_settings(bench, expected):
     assert expected in refusal(bench=bench)
+
+
+def test_become_only_where_the_login_user_is_not_root_and_has_root_tasks():
+    """Root tasks (shaping, firewall, Docker) become root where the login user is not root; the swarm and
+    the client never do. A user who cannot sudo without a password is refused, naming what needs root."""
+    hosts = {"a": {"servers": 1, "mem_kb": 16 * GIB_KB, "machine_id": "m1", "uid": 1000, "user": "ubuntu",
+                   "sudo": "True", "shaping": True},
+             "b": {"servers": 1, "mem_kb": 16 * GIB_KB, "machine_id": "m2", "uid": 0, "user": "root", "shaping": True},
+             "c": {"mem_kb": 16 * GIB_KB, "machine_id": "m3", "uid": 1000, "user": "ubuntu", "sudo": False}}
+    groups = {"dht": ["c"], "servers": ["a", "b"], "clients": ["c"]}
+    # without shaping, firewall or Docker nobody has root tasks, so nobody becomes root (the local inventory)
+    unshaped = {name: {**data, "shaping": False} for name, data in hosts.items()}
+    assert make_plan(config(hosts=unshaped, groups=groups))["become"] == {"a": False, "b": False, "c": False}
+    # a server that may be shaped becomes root for it, also in a run without shaping (its cleanup unshapes)
+    for profiles in ("none", "none,paper-10ms-1gbit"):
+        plan = make_plan(config(hosts=hosts, groups=groups, profiles=profiles))
+        assert plan["become"] == {"a": True, "b": False, "c": False}  # b logs in as root, c only runs the client
+    firewalled = {**hosts, "c": {**hosts["c"], "firewall": True}}
+    with pytest.raises(PlanError, match=r"host c: the swarm firewall \(nftables\) must run as root, but the login user ubuntu "
+                                        r"\(uid 1000\) cannot sudo without a password"):
+        make_plan(config(hosts=firewalled, groups=groups))
+    # a become password in the inventory is enough (sudo -n fails, Ansible gives the password)
+    with_password = {**firewalled, "c": {**firewalled["c"], "become_password": "True"}}
+    assert make_plan(config(hosts=with_password, groups=groups))["become"]["c"] is True
+    docker_no_sudo = {**hosts, "a": {**hosts["a"], "runtime": "docker", "sudo": "False"}}
+    assert "host a: shaping (tc, sch_netem), the Docker runtime (docker, its packages) must run as root" in \
+        refusal(hosts=docker_no_sudo, groups=groups)
+    # a work directory the login user may not create (e.g. /var/lib/...) is created as root
+    system_workdir = {**hosts, "c": {**hosts["c"], "sudo": True, "workdir_writable": "false"}}
+    assert make_plan(config(hosts=system_workdir, groups=groups))["become"]["c"] is True

@@ -32,6 +32,11 @@ class ActionModule(ActionBase):
                 "install the controller (bash bench_client/install.sh) or put the checkout on PYTHONPATH") from exc
         # plain JSON types, exactly what the command line would parse (templated args may be tagged)
         config = json.loads(json.dumps(self._task.args, cls=AnsibleJSONEncoder))
+        # --ask-become-pass gives a become password that no variable shows: every host may become root
+        if getattr(self._play_context, "become_pass", None):
+            for host in (config.get("hosts") or {}).values():
+                if isinstance(host, dict):
+                    host["become_password"] = True
         try:
             result["plan"] = plan.run_plan(config)
         except plan.PlanError as exc:
