@@ -152,9 +152,9 @@ def lab_cases() -> list[Case]:
 
     test = "test_lab_safety.py::test_a_lab_directory_not_ours_is_refused_before_anything_is_written"
     return [Case("bench_client.netem.lab (root)", "lab dir of another user", "up --dir DIR (owned by uid 65534)",
-                 "it must be ours (uid 0) with mode 0700", test, runner(0o700, 65534)),
+                 "it must be ours (uid 0) and writable by no one else", test, runner(0o700, 65534)),
             Case("bench_client.netem.lab (root)", "lab dir group-writable", "up --dir DIR (mode 0770)",
-                 "it must be ours (uid 0) with mode 0700", test, runner(0o770, 0))]
+                 "it must be ours (uid 0) and writable by no one else", test, runner(0o770, 0))]
 
 
 def workdir_cases() -> list[Case]:
