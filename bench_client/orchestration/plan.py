@@ -71,6 +71,11 @@ def resolve_profile(item: Any) -> dict[str, Any]:
     return {"name": profile.name, "netem": spec, "describe": profile.describe(), "needs_netem": profile.needs_netem}
 
 
+def _flag(value: Any) -> bool:
+    """A boolean from Jinja or JSON: true/false, or the strings Ansible leaves ("True", "false", "yes")."""
+    return str(value).strip().lower() in ("true", "yes", "1", "on")
+
+
 @dataclass(frozen=True)
 class HostInfo:
     name: str
@@ -107,7 +112,7 @@ class HostInfo:
                    servers=_count(data.get("servers"), name, "netbench_servers_per_host"),
                    servers_per_gpu=_count(data.get("servers_per_gpu"), name, "netbench_servers_per_gpu"),
                    gpus_mib=tuple(int(m) for m in data.get("gpus_mib") or ()),
-                   mem_bytes=int(data.get("mem_kb") or 0) * 1024, shaping=bool(data.get("shaping", False)),
+                   mem_bytes=int(data.get("mem_kb") or 0) * 1024, shaping=_flag(data.get("shaping", False)),
                    address=str(data.get("address") or "127.0.0.1"), machine_id=str(data.get("machine_id") or name),
                    netem_module=data.get("netem_module") or None, uid=int(data.get("uid") or 0),
                    user=str(data.get("user") or "root"), sudo=_flag(data.get("sudo")),
@@ -127,11 +132,6 @@ class HostInfo:
             per_gpu = self.servers_per_gpu or math.ceil(PAPER_SERVERS / max(inventory_gpus, 1))
             return self.servers or per_gpu * len(self.gpus_mib)
         return self.servers or 1
-
-
-def _flag(value: Any) -> bool:
-    """A boolean from Jinja or JSON: true/false, or the strings Ansible leaves ("True", "false", "yes")."""
-    return str(value).strip().lower() in ("true", "yes", "1", "on")
 
 
 def root_needs(info: HostInfo, shapes: bool) -> list[str]:

@@ -2,10 +2,11 @@
 namespace it owns, sshd in each), the DHT and client on h1, one server each on h2 and h3, two
 profiles in one run (unshaped, then a rate-only 20 Mbit/s custom profile: this kernel has tbf but no
 netem). The test logs in as a non-root user with passwordless sudo, as on rented hosts: the shaping
-becomes root, the harness, the swarm and the client run as that user. The hosts start without the harness (their Python has petals and torch but no bench_client):
-provisioning installs the controller's. Checks that the shaping was measurably in effect, that a
-second provision+shaping run changes nothing, then `--tags cleanup` and that nothing of ours is left: no qdisc, no process but
-the test's own sshd, no listening port but ssh. About 4 minutes on 2 cores."""
+becomes root, the harness, the swarm and the client run as that user. The hosts start without the
+harness (their Python has petals and torch but no bench_client): provisioning installs the
+controller's. Checks that the shaping was measurably in effect, that a second provision+shaping run
+changes nothing, then `--tags cleanup` and that nothing of ours is left: no qdisc, no process but the
+test's own sshd, no listening port but ssh. About 4 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ def lab(tmp_path_factory):
         data["all"]["vars"]["netbench_python"] = str(bare_python(directory))
         data["all"]["vars"]["ansible_user"] = user
         Path(inventory).write_text(json.dumps(data, indent=2) + "\n")
-        yield directory, inventory
+        yield directory, inventory, user
 
 
 def petals_netbench(lab_dir: Path, inventory: Path, *args: str, timeout: float = 900) -> tuple[dict, str]:
@@ -149,7 +150,7 @@ def own_iperf_mbit(server: str, client: str, address: str) -> float:
 
 
 def test_emulated_swarm_shaped_idempotent_and_cleaned(lab):
-    lab_dir, inventory = lab
+    lab_dir, inventory, user = lab
     hosts = {h.name: h for h in netns_lab.lab_hosts(3, PREFIX)}
     try:
         profiles = json.dumps({"profiles": ["none", RATE_PROFILE]})
@@ -168,8 +169,6 @@ def test_emulated_swarm_shaped_idempotent_and_cleaned(lab):
         assert [p.name for p in (work / "h2" / "run").glob("*.pid")] == ["server0.pid"]
         assert [p.name for p in (work / "h3" / "run").glob("*.pid")] == ["server0.pid"]
         # ... and runs as the login user, not root (only the shaping became root), in its own work directories
-        written = Path(inventory).read_text()
-        user = json.loads(written[written.index("{"):])["all"]["vars"]["ansible_user"]
         uid = pwd.getpwnam(user).pw_uid
         for pidfile in [work / "h1" / "run" / "dht.pid", work / "h2" / "run" / "server0.pid"]:
             pid = json.loads(pidfile.read_text())["pid"]
