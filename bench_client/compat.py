@@ -50,6 +50,19 @@ What broke, and when each piece can go:
    for a process that never touches a tensor. ``import_without_package_inits`` loads the DHT's modules
    with those package ``__init__`` files replaced by lazy stand-ins (0.7 s, no torch). Remove when
    hivemind's top-level package imports lazily.
+9. A Petals server never exits after its shutdown (petals 2.2.0): ``Server.shutdown`` stops the
+   handlers, the runtime and the server's DHT process, but its ModuleAnnouncerThread (not a daemon
+   thread) may be inside ``_ping_next_servers``, waiting forever on the DHT that is gone, so the
+   interpreter waits at exit and every stop ended in SIGKILL 20 s later. ``exit_after_shutdown`` ends
+   the process once petals' own shutdown has returned (logs flushed first). Remove when petals joins
+   or daemonises that thread.
+10. hivemind shares tensors between processes through files (its default sharing strategy
+   "file_system", set at import), /dev/shm/torch_<pid>_*, which only torch_shm_manager removes, and
+   only while it outlives their creator: every client process left its MPFuture buffer behind (24 files
+   per CPU run, 567 had piled up on the CI machine). The client shares only those small buffers:
+   ``share_tensors_by_descriptor`` makes it pass descriptors, which leave no file (the servers keep the
+   default, their stopper removes their files: bench_client.core.processes). Remove when hivemind
+   cleans up its shared buffers.
 """
 
 from __future__ import annotations
@@ -348,6 +361,20 @@ def import_without_package_inits(packages: tuple[str, ...] = HIVEMIND_DHT_PACKAG
         parent, _, child = name.rpartition(".")
         if parent:
             setattr(sys.modules[parent], child, package)
+
+
+def share_tensors_by_descriptor() -> None:
+    """Item 10; call before hivemind is imported. Processes started from here inherit it."""
+    os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
+
+
+def exit_after_shutdown(code: int = 0) -> None:
+    """End the process after petals' server shutdown has returned (item 9): flush, then ``os._exit``."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def apply(quantisation: bool = False) -> None:

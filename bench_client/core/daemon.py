@@ -1,13 +1,14 @@
 """Start, stop and inspect long-running processes by process group, for the Ansible roles.
 
     python -m bench_client.core.daemon start --pidfile P --log L [--ready-file F] [--env K=V ...] -- CMD ...
-    python -m bench_client.core.daemon stop --pidfile P [--timeout S]
+    python -m bench_client.core.daemon stop --pidfile P [--pidfile P2 ...] [--timeout S]
     python -m bench_client.core.daemon status --pidfile P
     python -m bench_client.core.daemon run --pidfile P -- CMD ...   # foreground; no leftovers
 
 Each process is started in its own session (so it leads a new process group) and its PID, PGID,
-start time and command line are recorded in a JSON pidfile. ``stop`` signals the whole group
-(SIGTERM, then SIGKILL after a timeout), never a name. Every call prints one JSON object with a
+start time and command line are recorded in a JSON pidfile. ``stop`` sends SIGTERM to the process
+it started, then to whatever of its group is left, SIGKILL after a timeout, never by name, and says
+which signal ended the group (``"signal"``: SIGTERM when nothing had to be killed). Every call prints one JSON object with a
 ``changed`` key, so Ansible tasks can report changes honestly: ``start`` of a process that is
 already running with the same command line changes nothing (idempotent second runs).
 No torch or petals import here: this runs in well under a second on every host.
@@ -131,9 +132,19 @@ def stop(pidfile: Path, timeout: float = 20.0) -> dict:
     if not is_running(record):
         pidfile.unlink(missing_ok=True)
         return {"changed": False, "running": False, "pid": record.pid}
-    sig = terminate(record.pgid, timeout, identity=record.identity)
+    sig = terminate(record.pgid, timeout, identity=record.identity, leader=(record.pid, record.start_ticks))
     pidfile.unlink(missing_ok=True)
     return {"changed": True, "running": False, "pid": record.pid, "signal": sig.name}
+
+
+def stop_all(pidfiles: list[Path], timeout: float = 20.0) -> dict:
+    """Stop several process groups at once (a host's servers): each stop mostly waits for its leader's
+    shutdown, so one after another they would add up. One result per pidfile, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(pidfiles))) as pool:
+        results = list(pool.map(lambda path: {**stop(path, timeout), "pidfile": str(path)}, pidfiles))
+    return {"changed": any(result["changed"] for result in results), "groups": results}
 
 
 def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
@@ -162,8 +173,10 @@ def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
     Record.started(proc.pid, argv, "-", identity).save(pidfile)
 
     def forward(signum, frame):  # noqa: ARG001  (Ansible's async timeout or a Ctrl-C reaches us)
+        # to CMD alone, which stops its own helpers (processes.stop_leader says why); the finally
+        # below stops whatever it leaves
         try:
-            os.killpg(proc.pid, signum)
+            os.kill(proc.pid, signum)
         except ProcessLookupError:
             pass
 
@@ -221,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_start.add_argument("--ready-file", type=Path, default=None, help="wait until the process writes this file")
     p_start.add_argument("--ready-timeout", type=float, default=120.0)
     p_start.add_argument("command", nargs=argparse.REMAINDER)
-    p_stop = sub.add_parser("stop", help="SIGTERM the process group, SIGKILL after --timeout")
-    p_stop.add_argument("--pidfile", required=True, type=Path)
+    p_stop = sub.add_parser("stop", help="SIGTERM the leader, then the rest of its group; SIGKILL after --timeout")
+    p_stop.add_argument("--pidfile", required=True, type=Path, action="append",
+                        help="repeat to stop several groups at once (then one result each under 'groups')")
     p_stop.add_argument("--timeout", type=float, default=20.0)
     p_run = sub.add_parser("run", help="run CMD in its own session in the foreground, then stop its leftovers")
     p_run.add_argument("--pidfile", required=True, type=Path)
@@ -244,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             command = args.command[1:] if args.command[:1] == ["--"] else args.command
             return run(command, args.pidfile)
         elif args.action == "stop":
-            result = stop(args.pidfile, timeout=args.timeout)
+            if len(args.pidfile) == 1:
+                result = stop(args.pidfile[0], timeout=args.timeout)
+            else:
+                result = stop_all(args.pidfile, timeout=args.timeout)
         else:
             result = status(args.pidfile)
     except (DaemonError, ProcessError) as exc:

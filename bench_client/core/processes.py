@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -156,6 +157,7 @@ def stop_processes(find: Callable[[], list[int]], timeout: float, identity: Iden
     Returns the last signal sent and the processes that survived SIGKILL."""
     targets: dict[int, int] = {}  # pid -> start ticks when first found
     sent: dict[int, signal.Signals] = {}
+    sockets: set[str] = set()
     sig = signal.SIGTERM
     deadline = time.monotonic() + timeout
     while True:
@@ -164,7 +166,9 @@ def stop_processes(find: Callable[[], list[int]], timeout: float, identity: Iden
                 if identity is None or identity.carried_by(pid):
                     targets[pid] = ticks
         alive = {pid: t for pid, t in targets.items() if start_ticks(pid) == t}
+        sockets |= unix_socket_paths(alive)
         if not alive:
+            remove_leftovers(targets, sockets)
             return sig, []
         for pid, ticks in alive.items():
             if sent.get(pid) != sig and send_signal(pid, ticks, sig, identity):
@@ -176,16 +180,97 @@ def stop_processes(find: Callable[[], list[int]], timeout: float, identity: Iden
         time.sleep(0.1)
 
 
+def stop_leader(pid: int, ticks: int, grace: float, identity: Identity | None = None) -> bool:
+    """SIGTERM only the process we started and give it ``grace`` seconds to exit; True when it did.
+
+    Signalling the whole group at once kills the helpers first (hivemind's p2pd and the DHT process
+    exit at once on SIGTERM), and the leader's own shutdown then waits forever on a helper that is
+    gone: every DHT and server outlived SIGTERM and was SIGKILLed after 20 s. Asked alone, the leader
+    shuts its helpers down in order (petals' server also announces itself offline first)."""
+    if not send_signal(pid, ticks, signal.SIGTERM, identity):
+        return start_ticks(pid) != ticks  # already gone (or not ours: nothing to wait for)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if start_ticks(pid) != ticks:
+            return True
+        time.sleep(0.02)
+    return start_ticks(pid) != ticks
+
+
+# What our processes leave behind when they exit: hivemind's unix sockets (/tmp/hivemind-*.sock, bound by
+# p2pd and by each P2P client; a process that exits without its shutdown never removes them) and
+# torch's shared-memory segments (hivemind shares tensors through files, /dev/shm/torch_<pid>_*, which
+# the creator's torch_shm_manager removes only if it outlives the creator). Both are found through
+# the processes themselves, never by a name pattern alone.
+SHM_DIR = Path("/dev/shm")
+
+
+def unix_socket_paths(pids: dict[int, int] | list[int]) -> set[str]:
+    """Paths of the unix sockets these processes hold open (listening or bound)."""
+    found: set[str] = set()
+    for pid in pids:
+        try:
+            inodes = {link[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                      if (link := _readlink(f"/proc/{pid}/fd/{fd}")).startswith("socket:[")}
+            table = Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]  # its own network namespace
+        except OSError:
+            continue
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[6] in inodes and fields[7].startswith("/"):
+                found.add(fields[7])
+    return found
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def remove_leftovers(pids: dict[int, int] | list[int], sockets: set[str]) -> list[str]:
+    """Remove the socket files and torch shared-memory segments of processes that have exited: only
+    files of this user, sockets that are sockets, segments named after one of ``pids``."""
+    removed = []
+    candidates = [Path(path) for path in sockets]
+    for pid in pids:
+        candidates += SHM_DIR.glob(f"torch_{pid}_*")
+    for path in candidates:
+        try:
+            info = path.lstat()
+            if info.st_uid != os.geteuid() or (path.parent != SHM_DIR and not stat.S_ISSOCK(info.st_mode)):
+                continue
+            path.unlink()
+            removed.append(str(path))
+        except OSError:
+            continue
+    return removed
+
+
 def terminate(pgid: int, timeout: float = 20.0, extra: list[int] | None = None,
-              identity: Identity | None = None) -> signal.Signals:
+              identity: Identity | None = None, leader: tuple[int, int] | None = None,
+              leader_grace: float = 5.0) -> signal.Signals:
     """Stop a process group and every descendant of its members (also those in other groups), plus
-    ``extra``; with ``identity`` only processes that carry it. Raises ProcessError if any survive SIGKILL."""
+    ``extra``; with ``identity`` only processes that carry it. With ``leader`` (pid, start ticks), that
+    process alone is asked first (``stop_leader``), then whatever it left behind. Raises ProcessError
+    if any survive SIGKILL."""
+    extra = list(extra or [])
 
     def find() -> list[int]:
         members = group_members(pgid)
-        return members + descendants(members) + [p for p in extra or [] if start_ticks(p) is not None]
+        return members + descendants(members) + [p for p in extra if start_ticks(p) is not None]
 
+    if leader is not None:
+        # found while the leader still runs: its helpers in other groups are no longer its descendants
+        # once it has exited, and what they hold open names the files they leave behind
+        ours = [pid for pid in find() if identity is None or identity.carried_by(pid)]
+        sockets = unix_socket_paths(ours)
+        extra += ours
+        stop_leader(*leader, leader_grace, identity)
     sig, survivors = stop_processes(find, timeout, identity)
+    if leader is not None:
+        remove_leftovers(ours, sockets)
     if survivors:
         raise ProcessError(f"processes {survivors} survived SIGKILL")
     return sig

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 from pathlib import Path
 from secrets import token_hex
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # petals' run_dht listens on every interface, IPv4 and IPv6, when no address is given
 DEFAULT_HOST_MADDRS = ["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0"]
+SHUTDOWN_TIMEOUT_S = 1.0
 
 
 def node_options(args: argparse.Namespace) -> dict:
@@ -71,6 +74,9 @@ async def serve(args: argparse.Namespace, options: dict) -> None:
     logger = get_logger(__name__)
     logger.setLevel(logging.INFO)
     node = await DHTNode.create(**options)
+    # SIGTERM cancels this task, so the node's shutdown below runs inside a working event loop (a
+    # KeyboardInterrupt raised in the middle of the loop left that shutdown waiting forever)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     try:
         maddrs = await node.get_visible_maddrs()
         log_visible_maddrs(maddrs, only_p2p=False)
@@ -80,8 +86,13 @@ async def serve(args: argparse.Namespace, options: dict) -> None:
             logger.info(f"{len(node.protocol.routing_table.uid_to_peer_id) + 1} DHT nodes (including this one) "
                         f"are in the local routing table; local storage contains {len(node.protocol.storage)} keys")
             await node.get(f"heartbeat_{token_hex(16)}", latest=True)
+    except asyncio.CancelledError:
+        pass
     finally:
-        await node.shutdown()
+        # bounded: removing the handlers asks p2pd, which never answers once it is gone (killed with
+        # its process group); what is left is reaped by our stopper
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(node.shutdown(), SHUTDOWN_TIMEOUT_S)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     options = node_options(args)
     compat.import_without_package_inits()
     compat.keep_p2p_private()  # no NAT port mapping, AutoNAT or relays (compat item 7)
-    exit_on_sigterm()
+    exit_on_sigterm()  # until the event loop takes SIGTERM over
     try:
         asyncio.run(serve(args, options))
     except KeyboardInterrupt:

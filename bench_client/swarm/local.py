@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from bench_client.core import daemon
+from bench_client.core import processes
 from bench_client.core import provenance
 
 PYTHON = sys.executable
@@ -34,6 +34,7 @@ class Managed:
     name: str
     process: subprocess.Popen
     log: Path
+    start_ticks: int = 0  # the leader's start time, for stopping it first (processes.stop_leader)
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -48,6 +49,7 @@ class LocalSwarm:
     env: dict = field(default_factory=lambda: dict(os.environ))
     processes: list[Managed] = field(default_factory=list)
     address_file: Path | None = None
+    stops: list[tuple[str, str]] = field(default_factory=list)  # (name, the signal that ended its group)
 
     def start(self, name: str, args: list[str]) -> Managed:
         log = self.workdir / f"{name}.log"
@@ -55,7 +57,7 @@ class LocalSwarm:
         process = subprocess.Popen([PYTHON, *args], stdout=handle, stderr=subprocess.STDOUT, cwd=self.workdir,
                                    env=self.env, start_new_session=True)  # own process group: stopped as a whole
         handle.close()
-        managed = Managed(name, process, log)
+        managed = Managed(name, process, log, processes.start_ticks(process.pid) or 0)
         self.processes.append(managed)
         return managed
 
@@ -145,13 +147,25 @@ class LocalSwarm:
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def stop(self, managed: Managed, timeout: float = 15.0) -> None:
-        """SIGTERM the process group (and helpers that left it), SIGKILL what is left after ``timeout``."""
-        daemon.terminate(managed.process.pid, timeout=timeout)
+        """SIGTERM the leader, then the rest of its group (and helpers that left it), SIGKILL what is left
+        after ``timeout``; ``stops`` records which signal ended it."""
+        if managed.process.poll() is None:
+            sig = processes.terminate(managed.process.pid, timeout=timeout,
+                                      leader=(managed.process.pid, managed.start_ticks))
+        else:  # the leader has exited already (a test killed it): only its helpers may be left
+            sig = processes.terminate(managed.process.pid, timeout=timeout)
+        self.stops.append((managed.name, sig.name))
         managed.process.wait(timeout=5)
 
     def stop_all(self) -> None:
         for managed in reversed(self.processes):
             self.stop(managed)
+
+    def stop_all_checked(self) -> list[str]:
+        """Stop everything; what went wrong: processes left, or a group that had to be SIGKILLed
+        (every process of the swarm exits on SIGTERM)."""
+        self.stop_all()
+        return self.leftovers() + [f"{name} ended by {sig}" for name, sig in self.stops if sig != "SIGTERM"]
 
     def leftovers(self) -> list[str]:
         """Processes still alive in any group this swarm started (should be none after stop_all)."""
@@ -161,7 +175,7 @@ class LocalSwarm:
 def group_members(pgid: int) -> list[psutil.Process]:
     """Live members of a process group (bench_client.core.daemon's scan), as psutil objects for the tests."""
     members = []
-    for pid in daemon.group_members(pgid):
+    for pid in processes.group_members(pgid):
         try:
             members.append(psutil.Process(pid))
         except psutil.NoSuchProcess:

@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         publish_addresses(args.address_file)
     exit_on_sigterm()
     sys.argv = petals_argv(spec, model_dir, peers, args, device, extra)
-    run_server.main()
+    run_server.main()  # returns after petals' own shutdown (SIGTERM, via exit_on_sigterm)
+    compat.exit_after_shutdown()
 
 
 if __name__ == "__main__":

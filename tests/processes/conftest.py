@@ -12,5 +12,5 @@ def swarm(tmp_path):
     """A fresh local swarm for one test, which must leave no process of it behind."""
     swarm = LocalSwarm(tmp_path)
     yield swarm
-    swarm.stop_all()
-    assert not swarm.leftovers(), f"processes left after stopping the swarm: {swarm.leftovers()}"
+    problems = swarm.stop_all_checked()
+    assert not problems, f"stopping the swarm: {problems}"

@@ -144,3 +144,26 @@ def test_every_process_we_start_carries_the_identity_and_stop_ends_them_all(tmp_
     assert len(family) == 3 and all(record.identity.carried_by(p) for p in family)
     stop(pidfile)
     assert not [p for p in family if start_ticks(p) is not None]
+
+
+def test_the_leader_is_asked_first_and_several_groups_stop_at_once(tmp_path):
+    """A leader that stops its own helper on SIGTERM (as the DHT and the servers do) is asked alone
+    first, so its shutdown finds the helper alive; two groups stopped by one command stop together,
+    each ended by SIGTERM, and one that ignores SIGTERM is reported as SIGKILL."""
+    polite = 'trap \'kill $child; wait $child; echo clean >> "$0"; exit 0\' TERM; sleep 300 & child=$!; wait'
+    stubborn = "trap '' TERM; sleep 300 & wait"
+    pidfiles = [tmp_path / f"{name}.pid" for name in ("a", "b", "c")]
+    marks = tmp_path / "marks"
+    for pidfile, script in zip(pidfiles, (polite, polite, stubborn)):
+        start(["sh", "-c", script, str(marks)], pidfile, tmp_path / f"{pidfile.stem}.log")
+    time.sleep(0.3)
+    groups = [Record.load(p).pgid for p in pidfiles]
+    cli = subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "stop", "--timeout", "1",
+                          *[f"--pidfile={p}" for p in pidfiles]], capture_output=True, text=True, timeout=30)
+    assert cli.returncode == 0, cli.stderr
+    result = json.loads(cli.stdout)
+    assert result["changed"] is True
+    assert [g["signal"] for g in result["groups"]] == ["SIGTERM", "SIGTERM", "SIGKILL"]
+    assert [g["pidfile"] for g in result["groups"]] == [str(p) for p in pidfiles]
+    assert marks.read_text().split() == ["clean", "clean"]  # both leaders ran their own shutdown
+    assert all(group_members(pgid) == [] for pgid in groups)

@@ -24,8 +24,8 @@ def swarm(tmp_path_factory):
         swarm.wait_served(MODEL)
         yield swarm
     finally:
-        swarm.stop_all()
-        assert not swarm.leftovers(), f"processes left after stopping the swarm: {swarm.leftovers()}"
+        problems = swarm.stop_all_checked()
+        assert not problems, f"stopping the swarm: {problems}"
 
 
 def run_client(swarm: LocalSwarm, output, *extra: str):
