@@ -432,6 +432,41 @@ def parse_iperf3(output: str | dict[str, Any]) -> dict[str, float]:
             "retransmits": float(end.get("sum_sent", {}).get("retransmits", 0))}
 
 
+def rate_schedule(peers: dict[str, list[str]], per_host: int = 1, max_flows: int = 0) -> list[dict[str, str]]:
+    """Which iperf3 flows run together: a list of rounds, each ``{sender: receiver}``.
+
+    Every host runs in one play, so the rates are measured at once rather than one host after another,
+    but never so that flows share what they measure: in a round a host sends or receives one flow, not
+    both (a receiver's ACKs leave through its own shaped queue, and behind its own data they would
+    slow the flow it receives). ``per_host``: how many of its peers each host measures its rate to,
+    nearest first in a ring of the sorted hosts (its rate is its own egress limit, the same towards
+    every peer; the RTT is measured to all of them); 0 = all. ``max_flows``: flows per round (0 = no
+    cap; a netem router VM has a rate of its own)."""
+    hosts = sorted(set(peers) | {p for targets in peers.values() for p in targets})
+    index = {host: i for i, host in enumerate(hosts)}
+
+    def distance(sender: str, receiver: str) -> int:
+        return (index[receiver] - index[sender]) % len(hosts)
+
+    pairs = []
+    for sender in sorted(peers):
+        targets = sorted({p for p in peers[sender] if p != sender}, key=lambda p: distance(sender, p))
+        pairs += [(sender, receiver) for receiver in (targets[:per_host] if per_host > 0 else targets)]
+    pairs.sort(key=lambda pair: (distance(*pair), index[pair[0]]))
+    rounds: list[dict[str, str]] = []
+    while pairs:
+        busy: set[str] = set()
+        flows: dict[str, str] = {}
+        for sender, receiver in list(pairs):
+            if sender in busy or receiver in busy or (max_flows > 0 and len(flows) >= max_flows):
+                continue
+            flows[sender] = receiver
+            busy |= {sender, receiver}
+            pairs.remove((sender, receiver))
+        rounds.append(flows)
+    return rounds
+
+
 @dataclass(frozen=True)
 class Tolerance:
     rtt_ms: float = 5.0  # average RTT may exceed the configured delays by this (base RTT, scheduling)

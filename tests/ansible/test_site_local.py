@@ -41,11 +41,34 @@ def inventory_with_canaries(tmp_path: Path) -> tuple[Path, list[str]]:
     return inventory, canaries
 
 
+def shared_memory_files() -> set[str]:
+    """torch's segments and multiprocessing's semaphores: what killed swarm processes leave behind."""
+    return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(("torch_", "sem.mp-"))}
+
+
+def stop_signals(run_id: str) -> list[str]:
+    """The signal that ended each process group stopped by a run (bench_client.core.daemon stop's JSON),
+    read from the runner's event logs of that run."""
+    signals = []
+    for events in (PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run_id}-*/job_events"):
+        for path in sorted(events.glob("*.json"), key=lambda p: int(p.name.split("-")[0])):
+            data = json.loads(path.read_text())
+            res = data.get("event_data", {}).get("res", {})
+            if data.get("event") != "runner_on_ok" or "bench_client.core.daemon" not in str(res.get("cmd", "")):
+                continue
+            if "stop" not in res["cmd"] or not res.get("stdout", "").startswith("{"):
+                continue
+            result = json.loads(res["stdout"])
+            signals += [group["signal"] for group in result.get("groups", [result]) if "signal" in group]
+    return signals
+
+
 def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
     workdir = tmp_path / "work"
     results = tmp_path / "results"
     common = {"netbench_workdir": str(workdir), "results_dir": str(results), "petals_dht_persistent_identity": True}
     inventory, canaries = inventory_with_canaries(tmp_path)
+    shm_before = shared_memory_files()
     out = io.StringIO()
     run = run_experiment(inventory=inventory, extravars=common, out=out)
     try:
@@ -96,6 +119,9 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
     finally:
         cleanup = run_experiment(inventory=inventory, extravars=common, tags="cleanup", out=io.StringIO())
     assert cleanup.ok, cleanup.failures
+    # every process of the swarm ended on SIGTERM (none was killed) and left nothing in /dev/shm
+    assert stop_signals(cleanup.run_id) == ["SIGTERM"] * 3  # the DHT and both servers (the client had ended)
+    assert shared_memory_files() - shm_before == set()
     # the inventory's secrets reached no result, log, pid/address file, runner event log or output
     artifacts = sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*"))
     assert artifacts, "the runner's event logs of this run are missing: the scan would prove nothing"

@@ -317,3 +317,22 @@ def test_bad_profile_fails_in_one_line_before_any_host_is_touched(tmp_path):
     assert proc.returncode != 0
     assert "rate 10kbit is below the floor of 1mbit" in proc.stdout, proc.stdout[-2000:]
     assert "UNREACHABLE" not in proc.stdout
+
+
+def test_rate_schedule_never_lets_a_host_send_and_receive_in_one_round():
+    hosts = ["s1", "s2", "s3", "s4"]
+    everyone = {h: [p for p in hosts if p != h] for h in hosts}
+    # one peer each (the default): the ring s1->s2->s3->s4->s1 in two rounds of two flows
+    assert netem.rate_schedule(everyone) == [{"s1": "s2", "s3": "s4"}, {"s2": "s3", "s4": "s1"}]
+    every_pair = netem.rate_schedule(everyone, per_host=0)
+    flows = [(s, r) for rnd in every_pair for s, r in rnd.items()]
+    assert sorted(flows) == sorted((h, p) for h in hosts for p in everyone[h])  # each pair exactly once
+    for rnd in every_pair:
+        assert len(set(rnd) | set(rnd.values())) == 2 * len(rnd)  # nobody both sends and receives
+    assert len(every_pair) == 6  # 12 flows, 2 at a time (one after another: 12 rounds)
+    assert netem.rate_schedule(everyone, max_flows=1) == [{"s1": "s2"}, {"s2": "s3"}, {"s3": "s4"}, {"s4": "s1"}]
+    # an odd ring needs a third round; a host without peers and a peer outside the role are fine
+    assert netem.rate_schedule({h: [p for p in hosts[:3] if p != h] for h in hosts[:3]}) == [
+        {"s1": "s2"}, {"s2": "s3"}, {"s3": "s1"}]
+    assert netem.rate_schedule({"a": []}) == []
+    assert netem.rate_schedule({"a": ["client"]}) == [{"a": "client"}]

@@ -28,9 +28,14 @@ playbook() { python3 -m ansible.cli.playbook -i "$lab/hosts.yml" site.yml -e res
 # results/ of the earlier call) resumes: the client host gets those rows back and measures only the rest.
 # ARCHIVE=FILE.tgz: the whole OUTDIR packed there at the end (a device call returns few, shallow files).
 timed() { if [[ -n ${PLAY_TIMEOUT:-} ]]; then timeout -s INT -k 30 "$PLAY_TIMEOUT" "$@"; else "$@"; fi; }
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}'; }
+# RUN_ID: the run's id for site.yml and its cleanup (one timeline for both); default: the plan's
+run_args=(); [[ -z ${RUN_ID:-} ]] || run_args=(-e "run_id=$RUN_ID")
 cleanup() {
   cp -r "$lab/work/h1/results" "$out/host-results" 2>/dev/null || true
-  playbook --tags cleanup >"$out/cleanup.log" 2>&1 || echo "cleanup play failed: see $out/cleanup.log" >&2
+  local t0; t0=$(date +%s.%N)
+  playbook --tags cleanup "${run_args[@]}" >"$out/cleanup.log" 2>&1 || echo "cleanup play failed: see $out/cleanup.log" >&2
+  echo "cleanup_s $(elapsed "$t0")" | tee -a "$out/times.txt"
   cp -r "$lab/router/console.log" "$out/router-console.log" 2>/dev/null || true
   python3 -m bench_client.netem.lab down --dir "$lab"
   [[ -z ${ARCHIVE:-} ]] || tar -C "$out" -czf "$ARCHIVE" .
@@ -49,5 +54,22 @@ python3 -m bench_client.netem.lab up --dir "$lab" --hosts $((servers + 1)) --rou
   --connection local --python "$(command -v python3)" | tee "$out/lab.txt"
 python3 -m bench_client.netem.router status --dir "$lab/router" | tee "$out/router.json"
 [[ -z ${RESUME:-} ]] || { mkdir -p "$out/results" && cp -rn "$RESUME"/. "$out/results/"; }
+# SHAPING_COMPARE=PROFILE,...: before the swarm, each profile measured on the servers twice, one flow
+# after another over every pair (the schedule of earlier rounds) and all at once (the role's default
+# schedule, every pair too): the two must read the same (the router VM is no bottleneck)
+for profile in ${SHAPING_COMPARE//,/ }; do
+  for mode in serial:1 concurrent:0; do
+    t0=$(date +%s.%N)
+    python3 -m ansible.cli.playbook -i "$lab/hosts.yml" playbooks/shaping.yml -e netem_hosts=servers \
+      -e netem_profile="$profile" -e netem_rate_peers=0 -e netem_measure_max_flows="${mode#*:}" \
+      -e netem_backup_dir="$out/shaping-compare/$profile-${mode%%:*}" >"$out/shaping-$profile-${mode%%:*}.log" 2>&1 \
+      || echo "shaping compare $profile ${mode%%:*} failed: see $out/shaping-$profile-${mode%%:*}.log" >&2
+    echo "shaping_${profile}_${mode%%:*}_s $(elapsed "$t0")" | tee -a "$out/times.txt"
+  done
+  python3 -m ansible.cli.playbook -i "$lab/hosts.yml" playbooks/shaping.yml -e netem_hosts=servers -e netem_state=absent \
+    >>"$out/shaping-$profile-serial.log" 2>&1 || true
+done
+t0=$(date +%s.%N)
 timed python3 -m ansible.cli.playbook -i "$lab/hosts.yml" site.yml -e results_dir="$out/results" -e model="$model" -e netbench_device=cuda \
-  -e profiles=none,paper-10ms-1gbit,paper-10ms-100mbit,paper-100ms-100mbit "$@" 2>&1 | tee "$out/site.log"
+  -e profiles=none,paper-10ms-1gbit,paper-10ms-100mbit,paper-100ms-100mbit "${run_args[@]}" "$@" 2>&1 | tee "$out/site.log"
+echo "site_yml_s $(elapsed "$t0")" | tee -a "$out/times.txt"

@@ -7,7 +7,7 @@
 #   netemctl.sh apply IFACE DIR SECS BATCH    run the tc batch (if any); (re)arm the timer for SECS
 #   netemctl.sh arm IFACE DIR SECS            (re)start the dead-man timer: remove the shaping after SECS
 #   netemctl.sh teardown IFACE DIR            disarm the timer and remove the shaping; prints what it did
-#   netemctl.sh serve IFACE DIR ADDR PORT COUNT PEER...   start an iperf3 server, ping each peer
+#   netemctl.sh serve IFACE DIR ADDR PORT COUNT INTERVAL PEER...  start an iperf3 server, ping each peer
 #   netemctl.sh iperf IFACE DIR PORT SECS OMIT MIN_MBIT PEER...  iperf3 to each peer, one after another
 #   netemctl.sh unserve IFACE DIR             stop the iperf3 server
 #   netemctl.sh stats IFACE DIR               `tc -s -j qdisc show`
@@ -127,15 +127,15 @@ case $cmd in
     exit 0
     ;;
   serve)
-    addr=$1 port=$2 count=$3
-    shift 3
+    addr=$1 port=$2 count=$3 interval=$4
+    shift 4
     mkdir -p "$dir"
     # Its own process group (unserve stops it by that), and it ends by itself if never stopped.
     setsid timeout 900 iperf3 -s -B "$addr" -p "$port" </dev/null >/dev/null 2>&1 &
     echo $! >"$dir/iperf3.pid"
     pings=""
     for peer in "$@"; do  # all peers at once: pings do not disturb each other
-      ping -n -c "$count" -i 0.2 -w $((count + 10)) "$peer" >"$dir/ping-$peer" 2>&1 &
+      ping -n -c "$count" -i "$interval" -w $((count + 10)) "$peer" >"$dir/ping-$peer" 2>&1 &
       pings="$pings $!"
     done
     listening=no

@@ -76,9 +76,10 @@ def netem_batch(commands: list[list[str]]) -> str:
 def netem_peer_measurement(ping_stdout: str, iperf_stdout: str, own: dict[str, Any] | None,
                            peer: dict[str, Any] | None, rtt_tolerance_ms: float = 5.0,
                            rate_cap: float = 0.05, rate_achieved: float = 0.85) -> dict[str, Any]:
-    """One peer's measured RTT/rate, the expected RTT and the problems (empty: shaping in effect)."""
+    """One peer's measured RTT/rate, the expected RTT and the problems (empty: shaping in effect).
+    ``iperf_stdout`` None: the rate was not measured to this peer (the schedule measured it to another)."""
     try:
-        measured = {**netem.parse_ping(ping_stdout), **netem.parse_iperf3(iperf_stdout)}
+        measured = {**netem.parse_ping(ping_stdout), **(netem.parse_iperf3(iperf_stdout) if iperf_stdout is not None else {})}
     except (ValueError, KeyError, TypeError) as exc:
         return {"problems": [f"measurement failed: {exc}"]}
     tol = netem.Tolerance(float(rtt_tolerance_ms), float(rate_cap), float(rate_achieved))
@@ -102,16 +103,24 @@ def netem_sections(stdout: str) -> dict[str, str]:
 
 def netem_measure_all(peers: list[str], addresses: list[str], ping_stdout: str, iperf_stdout: str,
                       own: dict[str, Any] | None, peer_profiles: list[Any], rtt_tolerance_ms: float = 5.0,
-                      rate_cap: float = 0.05, rate_achieved: float = 0.85) -> dict[str, dict[str, Any]]:
-    """{peer: netem_peer_measurement} from the outputs of netemctl.sh serve (pings) and iperf."""
+                      rate_cap: float = 0.05, rate_achieved: float = 0.85,
+                      rate_peers: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """{peer: netem_peer_measurement} from the outputs of netemctl.sh serve (pings) and iperf.
+    ``rate_peers``: the peers whose rate was measured (None: all); a missing output for one is a problem."""
     pings, iperfs = netem_sections(ping_stdout), netem_sections(iperf_stdout)
     out = {}
     for peer, address, peer_profile in zip(peers, addresses, peer_profiles):
-        out[peer] = {"address": address,
-                     **netem_peer_measurement(pings.get(address, ""), iperfs.get(address, "") or "{}", own,
-                                              peer_profile if isinstance(peer_profile, dict) else None,
+        measured_rate = rate_peers is None or peer in rate_peers
+        out[peer] = {"address": address, "rate_measured": measured_rate,
+                     **netem_peer_measurement(pings.get(address, ""), (iperfs.get(address, "") or "{}") if measured_rate else None,
+                                              own, peer_profile if isinstance(peer_profile, dict) else None,
                                               rtt_tolerance_ms, rate_cap, rate_achieved)}
     return out
+
+
+def netem_rate_schedule(peers: dict[str, list[str]], per_host: int = 1, max_flows: int = 0) -> list[dict[str, str]]:
+    """Rounds of iperf3 flows {sender: receiver} (bench_client.netem.profiles.rate_schedule)."""
+    return netem.rate_schedule({host: list(targets or []) for host, targets in peers.items()}, int(per_host), int(max_flows))
 
 
 def netem_module_action(facts: dict[str, Any], host: str = "", update_index: bool = False,
@@ -135,6 +144,7 @@ class FilterModule:
             "netem_batch": netem_batch,
             "netem_peer_measurement": netem_peer_measurement,
             "netem_measure_all": netem_measure_all,
+            "netem_rate_schedule": netem_rate_schedule,
             "netem_mean": netem_mean,
             "netem_module_action": netem_module_action,
         }
