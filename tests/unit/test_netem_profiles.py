@@ -336,3 +336,15 @@ def test_rate_schedule_never_lets_a_host_send_and_receive_in_one_round():
         {"s1": "s2"}, {"s2": "s3"}, {"s3": "s1"}]
     assert netem.rate_schedule({"a": []}) == []
     assert netem.rate_schedule({"a": ["client"]}) == [{"a": "client"}]
+
+
+def test_iperf_timing_follows_the_round_trip():
+    # 10 round trips of ramp-up left out and 10 measured, at least 1 s each; explicit values win
+    assert netem.iperf_timing(0.2) == (1, 1)
+    assert netem.iperf_timing(20.0) == (1, 1)
+    assert netem.iperf_timing(200.0) == (2, 2)
+    assert netem.iperf_timing(250.0) == (3, 3)
+    assert netem.iperf_timing(200.0, seconds=5, omit=0) == (5, 2)
+    own = netem.profile_dict(netem.resolve_profile("paper-100ms-100mbit"))
+    plugin = _plugin()
+    assert plugin.netem_iperf_timing(own, own) == [2, 2] and plugin.netem_iperf_timing(None, None) == [1, 1]

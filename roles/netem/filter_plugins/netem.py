@@ -118,6 +118,12 @@ def netem_measure_all(peers: list[str], addresses: list[str], ping_stdout: str, 
     return out
 
 
+def netem_iperf_timing(own: dict[str, Any] | None, peer: dict[str, Any] | None, seconds: int = 0,
+                       omit: int = 0) -> list[int]:
+    """[-t, -O] of iperf3 towards ``peer`` (bench_client.netem.profiles.iperf_timing; 0 = from the RTT)."""
+    return list(netem.iperf_timing(netem.expected_rtt_ms(_profile(own), _profile(peer)), int(seconds), int(omit)))
+
+
 def netem_rate_schedule(peers: dict[str, list[str]], per_host: int = 1, max_flows: int = 0) -> list[dict[str, str]]:
     """Rounds of iperf3 flows {sender: receiver} (bench_client.netem.profiles.rate_schedule)."""
     return netem.rate_schedule({host: list(targets or []) for host, targets in peers.items()}, int(per_host), int(max_flows))
@@ -145,6 +151,7 @@ class FilterModule:
             "netem_peer_measurement": netem_peer_measurement,
             "netem_measure_all": netem_measure_all,
             "netem_rate_schedule": netem_rate_schedule,
+            "netem_iperf_timing": netem_iperf_timing,
             "netem_mean": netem_mean,
             "netem_module_action": netem_module_action,
         }
