@@ -125,3 +125,18 @@ def test_last_summary_of_a_resumed_and_of_an_interrupted_run(tmp_path: Path):
     assert (rec["invocation"], rec["wall_s"], rec["phases"], rec["measured_s"]) == ("b", 2.0, [["preflight", 1.5]], 0.0)
     assert timeline.last_summary(tmp_path / "none.jsonl") is None
 
+
+def test_the_report_shows_the_runs_breakdown(tmp_path: Path):
+    from bench_client.report.cli import main
+
+    run = tmp_path / "run1"
+    write_run(run / "none", [record(1, 2, 6, 128, 32, 10.0, 1.0, profile="none")])
+    write_timeline(run / timeline.TIMELINE_NAME, [
+        {"kind": "invocation", "invocation": "a", "start": 0.0},
+        timeline.summary("a", 0.0, 8.0, [{"phase": "client", "seconds": 4.0}], 2.0)])
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "table17.md").read_text()
+    assert "## Where the run's time went" in md and "measured 2.0 s of 8.0 s wall: duty ratio 25.0 %" in md
+    write_run(tmp_path / "plain" / "none", [record(1, 2, 6, 128, 32, 10.0, 1.0, profile="none")])
+    assert main([str(tmp_path / "plain"), "--out", str(tmp_path / "out2")]) == 0
+    assert "time went" not in (tmp_path / "out2" / "table17.md").read_text()
