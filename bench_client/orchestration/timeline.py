@@ -42,6 +42,19 @@ def task_file(path: str | None) -> str:
     return PurePosixPath((path or "").rsplit(":", 1)[0]).name
 
 
+INCLUDE_ROLE_ACTIONS = ("include_role", "import_role", "ansible.builtin.include_role", "ansible.builtin.import_role")
+
+
+def task_role_and_path(role: str | None, path: str | None, action: str, args: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The role and tasks file a task stands for: an include_role counts as the role it runs (so that
+    the include itself is not an 'other' stretch between two of the role's own)."""
+    name = args.get("name")
+    if action in INCLUDE_ROLE_ACTIONS and isinstance(name, str) and "{" not in name:
+        tasks_from = str(args.get("tasks_from") or "main")
+        return name, f"roles/{name}/tasks/{tasks_from if tasks_from.endswith('.yml') else tasks_from + '.yml'}"
+    return role, path
+
+
 def classify(role: str | None, path: str | None, play_tags: Iterable[str] = (), play_name: str = "") -> str:
     """The phase of one task, from its role, its tasks file and its play's tags (never its own name)."""
     tags = set(play_tags)

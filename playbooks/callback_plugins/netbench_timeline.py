@@ -107,8 +107,9 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
         if not self.enabled:
             return
-        role = task._role.get_name() if task._role else None
-        phase = timeline.classify(role, task.get_path(), self.play_tags, self.play_name)
+        role, path = timeline.task_role_and_path(task._role.get_name() if task._role else None, task.get_path(),
+                                                 task.action, task.args or {})
+        phase = timeline.classify(role, path, self.play_tags, self.play_name)
         closed = self.segments.task_start(phase, _profile_of(task), time.time())
         if closed is not None:
             self._emit(closed.record(self.invocation))

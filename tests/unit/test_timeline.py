@@ -41,6 +41,18 @@ def test_tasks_are_put_in_phases_by_role_file_and_play_tags(role, path, tags, pl
     assert classify(role, path, tags, play) == phase
 
 
+@pytest.mark.parametrize(("action", "args", "expected"), [
+    ("ansible.builtin.include_role", {"name": "netem", "tasks_from": "destroy", "apply": {"tags": ["shaping"]}},
+     ("netem", "roles/netem/tasks/destroy.yml")),
+    ("include_role", {"name": "bench_client"}, ("bench_client", "roles/bench_client/tasks/main.yml")),
+    ("ansible.builtin.import_role", {"name": "flexgen_bench"}, ("flexgen_bench", "roles/flexgen_bench/tasks/main.yml")),
+    ("ansible.builtin.include_role", {"name": "{{ which }}"}, (None, "playbooks/x.yml:3")),  # not known before it runs
+    ("ansible.builtin.include_tasks", {"file": "tasks/profile.yml"}, (None, "playbooks/x.yml:3")),
+])
+def test_an_include_role_counts_as_the_role_it_runs(action, args, expected):
+    assert timeline.task_role_and_path(None, "playbooks/x.yml:3", action, args) == expected
+
+
 def test_every_role_of_the_project_has_a_phase():
     """A role added to roles/ lands in 'other' until timeline.ROLE_PHASES names it: this says so."""
     roles = sorted(p.parent.parent.name for p in (REPO / "roles").glob("*/tasks/main.yml"))
