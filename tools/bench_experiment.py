@@ -28,9 +28,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from bench_client.orchestration import timeline  # noqa: E402
+from bench_client.netem.lab import controller_netns  # noqa: E402  (NETBENCH_LAB_PREFIX picks another lab)
 from bench_client.orchestration.runner import new_run_id  # noqa: E402
-
-LAB_CONTROLLER_NETNS = "nbl-ctl"  # bench_client.netem.lab's controller namespace (default prefix)
 
 
 @contextmanager
@@ -45,19 +44,23 @@ def inventory(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, list[s
     lab_cmd = [sys.executable, "-m", "bench_client.netem.lab"]
     subprocess.run([*lab_cmd, "up", "--dir", str(lab), "--hosts", str(args.hosts)], cwd=PROJECT, check=True)
     try:
-        yield str(lab / "hosts.yml"), ["ip", "netns", "exec", LAB_CONTROLLER_NETNS]
+        yield str(lab / "hosts.yml"), ["ip", "netns", "exec", controller_netns()]
     finally:
         subprocess.run([*lab_cmd, "down", "--dir", str(lab)], cwd=PROJECT, check=False)
 
 
 def playbook(prefix: list[str], inv: str, extra: list[str], tags: str | None = None) -> int:
+    """Run site.yml; its output is shown only when it fails (the breakdown is read from the timeline)."""
     argv = [*prefix, str(Path(sys.executable).parent / "ansible-playbook"), "-i", inv, "site.yml"]
     for item in extra:
         argv += ["-e", item]
     if tags:
         argv += ["--tags", tags]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(argv, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL).returncode
+    done = subprocess.run(argv, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        print("\n".join(done.stdout.splitlines()[-30:]), file=sys.stderr)
+    return done.returncode
 
 
 def one_run(args: argparse.Namespace) -> dict:
