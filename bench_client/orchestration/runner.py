@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from bench_client.core import progress
+from bench_client.orchestration import timeline
 
 PROJECT_DIR = Path(os.environ.get("NETBENCH_PROJECT_DIR", Path(__file__).resolve().parents[2]))
 DEFAULT_INVENTORY = "inventory/local/hosts.yml"
@@ -74,6 +75,11 @@ class ExperimentResult:
     @property
     def profile_dirs(self) -> list[Path]:
         return sorted(p.parent for p in self.results_dir.glob("*/out.tsv"))
+
+    def timeline_summary(self) -> dict[str, Any] | None:
+        """This run's phase breakdown and duty ratio: the last summary in results/<run_id>/timeline.jsonl
+        (written by the netbench_timeline callback), or None where the run wrote no timeline."""
+        return timeline.last_summary(self.results_dir / timeline.TIMELINE_NAME)
 
     def changed(self) -> dict[str, int]:
         """Tasks reported changed per host (0 everywhere on an idempotent second run)."""
@@ -215,7 +221,10 @@ def run_experiment(
     artifacts.mkdir(parents=True, exist_ok=True)
     printer = ProgressPrinter(out=out, verbose=verbose)
     cmdline = "--check --diff" if check else None
-    env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", **(envvars or {})}
+    # ansible-runner sets ANSIBLE_CALLBACK_PLUGINS (to add its own), which hides ansible.cfg's
+    # callback_plugins: name ours here, or the timeline callback (callbacks_enabled) is not found.
+    env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_CALLBACK_PLUGINS": str(project / "playbooks" / "callback_plugins"), **(envvars or {})}
     # The ansible-playbook of this interpreter's environment, also when the venv is not activated.
     bindir = Path(sys.executable).parent
     env.setdefault("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -315,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"status": result.status, "rc": result.rc, "run_id": result.run_id,
                           "results_dir": str(result.results_dir), "tsv": tsvs, "wall_time_s": round(result.wall_time_s, 1),
-                          "failures": [f.__dict__ for f in result.failures]}, indent=2))
+                          "failures": [f.__dict__ for f in result.failures], "timeline": result.timeline_summary()}, indent=2))
     else:
         print(f"{result.status} (rc {result.rc}) in {result.wall_time_s:.0f} s")
         for failure in result.failures:
@@ -324,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"results: {result.results_dir}")
             for tsv in tsvs:
                 print(f"  {tsv}")
+        summary = result.timeline_summary()
+        if summary is not None:
+            print(timeline.format_summary(summary))
         if not args.cleanup and not args.check and result.swarm_hosts:
             print(f"the swarm still runs on {', '.join(result.swarm_hosts)}; stop it with: {cleanup_command(args)}")
     return result.rc if result.rc is not None else 1

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench_client.core.models import WEIGHT_DTYPES, UnknownModelError, get_model
 from bench_client.core.arguments import non_negative_int
+from bench_client.orchestration import timeline
 from bench_client.report.data import Defaults, ReportInputError, Results, load_results
 from bench_client.report.reference import PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
 
@@ -86,7 +87,25 @@ def table_token_count(results: Results, requested: int | None) -> tuple[int, str
     return largest, f"Rows with {largest} new tokens, the most measured (no result has the paper's {PAPER_NEW_TOKENS})"
 
 
-def render(results: Results, requested_new_tokens: int | None) -> dict[str, bytes]:
+def run_timelines(paths: list[Path]) -> list[tuple[str, dict]]:
+    """(run directory, its last invocation's summary) for each RESULTS directory with a timeline.jsonl."""
+    found = []
+    for path in paths:
+        summary = timeline.last_summary(path / timeline.TIMELINE_NAME) if path.is_dir() else None
+        if summary is not None:
+            found.append((path.name, summary))
+    return found
+
+
+def md_timelines(timelines: list[tuple[str, dict]]) -> str:
+    md = ["\n## Where the run's time went\n\nPhases of the last `ansible-playbook site.yml` of the run "
+          "(`timeline.jsonl`); the duty ratio is the time the client measured over the wall time.\n"]
+    md.extend(f"\n### {name}\n\n```\n{timeline.format_summary(summary)}\n```\n" for name, summary in timelines)
+    return "".join(md)
+
+
+def render(results: Results, requested_new_tokens: int | None,
+           timelines: list[tuple[str, dict]] = ()) -> dict[str, bytes]:
     """Every output file, by name, in memory."""
     # imported here so that bad input is reported without paying for matplotlib's import
     from bench_client.report.plots import render_models, render_plots
@@ -129,6 +148,8 @@ def render(results: Results, requested_new_tokens: int | None) -> dict[str, byte
                   for plot in plots)
     else:
         md.append("\nNo token sweep in these results (every configuration has one new-token count): no plots.\n")
+    if timelines:
+        md.append(md_timelines(list(timelines)))
     if results.warnings:
         md.append("\n## Input notes\n\n" + "".join(f"- {w}\n" for w in results.warnings))
 
@@ -218,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     for warning in results.warnings:
         print(f"report: note: {warning}", file=sys.stderr)
-    files = render(results, args.table_new_tokens)
+    files = render(results, args.table_new_tokens, run_timelines(args.results))
     write_outputs(out, files)
     print(
         f"report: {len(results.rows)} rows ({len(results.failed)} failed configurations) -> {out}: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import secrets
 import shutil
 import socket
@@ -97,6 +98,19 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         assert "FAILED - RETRYING" not in out.getvalue()
         assert run.swarm_hosts == ["localhost"]
 
+        # the timeline (netbench_timeline callback, loaded under ansible-runner too): every phase of the run
+        events = [json.loads(line) for line in (run.results_dir / "timeline.jsonl").read_text().splitlines()]
+        assert events[0]["kind"] == "invocation" and events[-1]["kind"] == "summary"
+        intervals = [r for r in events if r["kind"] == "interval"]
+        assert {"preflight", "provision", "swarm:dht", "swarm:servers", "client", "fetch"} <= {r["phase"] for r in intervals}
+        assert {r["profile"] for r in intervals if r["phase"] in ("client", "fetch")} == {"none"}
+        assert all(r["end"] >= r["start"] and r["seconds"] >= 0 for r in intervals)
+        summary = run.timeline_summary()
+        assert summary == events[-1] and 0 < summary["measured_s"] < summary["wall_s"]
+        assert summary["measured_s"] == pytest.approx(sum(m["wall_time_s"] for m in meta), abs=1e-3)
+        client = sum(s for p, s in summary["phases"] if p == "client")
+        assert summary["measured_s"] <= client <= summary["wall_s"]
+
         pidfiles = sorted(p.name for p in (workdir / "run").glob("*.pid"))
         assert pidfiles == ["dht.pid", "server0.pid", "server1.pid"]  # the client and swarm-wait left none
         records = [Record.load(workdir / "run" / name) for name in pidfiles]
@@ -116,6 +130,13 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         assert (host_rows / "out.tsv").read_text() == (profile_dir / "out.tsv").read_text()
         assert len((profile_dir / "out.tsv").read_text().splitlines()) == 2
         assert len((profile_dir / "out.jsonl").read_text().splitlines()) == 2
+        # the two later runs of this run id appended their own invocations; the resumed one measured nothing
+        invocations = [json.loads(line) for line in (run.results_dir / "timeline.jsonl").read_text().splitlines()]
+        assert len({r["invocation"] for r in invocations}) == 3
+        assert resumed.timeline_summary()["measured_s"] == 0.0 and resumed.timeline_summary()["duty_ratio"] == 0.0
+        # ansible-playbook's own output (the runner's stdout of each invocation) ends with the breakdown
+        for stdout in sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*/stdout")):
+            assert re.search(r"^measured [\d.]+ s of [\d.]+ s wall: duty ratio [\d.]+ %$", stdout.read_text(), re.M), stdout
     finally:
         cleanup = run_experiment(inventory=inventory, extravars=common, tags="cleanup", out=io.StringIO())
     assert cleanup.ok, cleanup.failures
