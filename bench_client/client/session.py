@@ -26,17 +26,16 @@ takes it), ``cancel`` (the id of a withdrawn job), ``done-<id>.json`` ({"code", 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import signal
+import stat
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from bench_client.core.processes import start_ticks, write_atomically
+from bench_client.core.processes import descendants, start_ticks, stop_processes, write_atomically
 from bench_client.core.provenance import COMMIT_ENV, DIRTY_ENV, LAUNCHER_ENV
 
 JOB, RUNNING, CANCEL = "job.json", "running.json", "cancel"
@@ -85,18 +84,28 @@ class KeptPools:
             pool.kill()
 
 
-class _Tee(io.TextIOBase):
-    def __init__(self, *streams) -> None:
-        self.streams = streams
+def _stderr_size() -> int | None:
+    """Where the session's stderr (its log, a regular file) ends now; None where it is no file."""
+    try:
+        info = os.fstat(2)
+    except OSError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
 
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
+def _stderr_since(offset: int | None, limit: int = 256 * 1024) -> str:
+    """What the session and its client processes wrote to stderr since ``offset``: the job's messages,
+    as the one-shot client's stderr held them (sys.stderr is left alone: libraries wrap its fd)."""
+    sys.stderr.flush()
+    if offset is None:
+        return ""
+    try:
+        with open("/proc/self/fd/2", "rb") as log:
+            log.seek(offset)
+            data = log.read()
+    except OSError:
+        return ""
+    return data[-limit:].decode(errors="replace")
 
 
 def _cancelled(control: Path, job: dict):
@@ -115,7 +124,7 @@ def run_job(job: dict, pools: KeptPools, control: Path) -> tuple[int, str]:
     from bench_client.client import cli
     from bench_client.client.workers import WorkerCancelled
 
-    captured = io.StringIO()
+    offset = _stderr_size()
     saved_env = {key: os.environ.get(key) for key in JOB_ENV}
     for key in JOB_ENV:
         os.environ.pop(key, None)
@@ -123,24 +132,23 @@ def run_job(job: dict, pools: KeptPools, control: Path) -> tuple[int, str]:
     cwd = os.getcwd()
     try:
         os.chdir(job.get("cwd") or cwd)
-        with contextlib.redirect_stderr(_Tee(sys.stderr, captured)):
-            try:
-                code = cli.measure(cli.build_parser().parse_args(job["argv"]), pools, _cancelled(control, job))
-            except SystemExit as exc:  # fail() and argparse: their message is on stderr already
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-                if not isinstance(exc.code, (int, type(None))):
-                    print(exc.code, file=sys.stderr)
-            except WorkerCancelled as exc:
-                pools.drop()
-                print(f"session: job withdrawn ({exc}); its client processes were stopped", file=sys.stderr)
-                code = CANCELLED
-            except Exception as exc:  # noqa: BLE001  (a bug must fail the job, not the session)
-                import traceback
+        try:
+            code = cli.measure(cli.build_parser().parse_args(job["argv"]), pools, _cancelled(control, job))
+        except SystemExit as exc:  # fail() and argparse: their message is on stderr already
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        except WorkerCancelled as exc:
+            pools.drop()
+            print(f"session: job withdrawn ({exc}); its client processes were stopped", file=sys.stderr)
+            code = CANCELLED
+        except Exception as exc:  # noqa: BLE001  (a bug must fail the job, not the session)
+            import traceback
 
-                pools.drop()
-                traceback.print_exc()
-                print(f"error: the client session failed on this job: {exc}", file=sys.stderr)
-                code = 1
+            pools.drop()
+            traceback.print_exc()
+            print(f"error: the client session failed on this job: {exc}", file=sys.stderr)
+            code = 1
     finally:
         os.chdir(cwd)
         for key, value in saved_env.items():
@@ -148,7 +156,7 @@ def run_job(job: dict, pools: KeptPools, control: Path) -> tuple[int, str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return int(code), captured.getvalue()
+    return int(code), _stderr_since(offset)
 
 
 def serve(control: Path, idle_timeout: float) -> int:
@@ -191,8 +199,18 @@ def serve(control: Path, idle_timeout: float) -> int:
         return 0
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the workers are stopped below, not twice over
-        pools.drop()
-        sys.stderr.flush()
+        began = time.monotonic()
+        # every process this session started: the client processes with their DHT processes and p2pd,
+        # torch_shm_manager (it calls setsid); not multiprocessing's resource tracker, which ignores
+        # SIGTERM and exits by itself once the session is gone (its pipe closes)
+        tracker = _resource_tracker_pid()
+        stop_processes(lambda: [pid for pid in descendants([os.getpid()]) if pid != tracker], timeout=1.0)
+        print(f"session: stopped its processes in {time.monotonic() - began:.2f} s", file=sys.stderr, flush=True)
+
+
+def _resource_tracker_pid() -> int | None:
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    return getattr(getattr(tracker, "_resource_tracker", None), "_pid", None)
 
 
 # ---- submit ----
@@ -278,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.action == "serve":
-        return serve(args.control, args.idle_timeout)
+        code = serve(args.control, args.idle_timeout)
+        sys.stderr.flush()
+        os._exit(code)  # no interpreter shutdown: hivemind's and multiprocessing's exit hooks can hang
+
     client_args = args.client_args[1:] if args.client_args[:1] == ["--"] else args.client_args
     return submit(args.control, args.pidfile, client_args)
 
