@@ -91,6 +91,7 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         shutil.rmtree(host_rows)
         more = [{"name": name, "rate": "100gbit"} for name in ("lan-a", "lan-b")]
         resumed = run_experiment(inventory=inventory, extravars={**common, "run_id": run.run_id, "netbench_shaping": True,
+                                                                 "netem_measurement": {},  # no shaping ran
                                                                  "profiles": ["none", *more]}, tags="bench,fetch",
                                  out=io.StringIO())
         assert resumed.ok, resumed.failures
