@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -154,8 +155,34 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class OwnPool:
+    """The one-shot client's worker pool: started for this sweep, closed after it."""
+
+    def get(self, spec: WorkerSpec, num_processes: int, load_timeout: float) -> WorkerPool:
+        return WorkerPool(spec, num_processes, load_timeout=load_timeout)
+
+    def release(self, pool: WorkerPool, healthy: bool) -> None:  # noqa: ARG002
+        pool.close()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return measure(build_parser().parse_args(argv), OwnPool())
+
+
+def measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | None = None) -> int:
+    """One profile's sweep (the CLI's flags): the writer, resume checks, swarm inspection, the row loop.
+    ``pools`` hands out the worker pool and takes it back (OwnPool closes it; the client session,
+    bench_client.client.session, keeps it for the next profile); ``cancelled`` is asked while waiting
+    on the workers. The swarm's lock (--lock) is held until this returns."""
+    locks: list[int] = []
+    try:
+        return _measure(args, pools, cancelled, locks)
+    finally:
+        for fd in locks:
+            os.close(fd)
+
+
+def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | None, locks: list[int]) -> int:
     try:
         spec = get_model(args.prefix)
         peers = resolve_initial_peers(args.initial_peers)
@@ -165,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = ResultsWriter(args.output, args.metadata)
         writer.check_writable()
         if args.lock:  # before the output is read: what is done must not change under us
-            hold_lock(args.lock, args.output)
+            locks.append(hold_lock(args.lock, args.output))
         writer.prepare()
         writer.check_identity({"model": spec.name, "dht_prefix": spec.dht_prefix, "client_dtype": args.client_dtype,
                                "network_profile": args.network_profile})
@@ -218,14 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     progress.write(args.progress, f"[0/{len(todo)}] starting {args.num_processes} client processes "
                                   f"(model, warm-up), then prompt {todo[0][1].prompt_length}, {todo[0][1].new_tokens} new tokens")
     pool = None
+    healthy = False  # a pool whose configuration failed is not used again
     sweep_start = time.monotonic()
     try:
-        pool = WorkerPool(worker_spec, args.num_processes, load_timeout=args.config_timeout)
+        pool = pools.get(worker_spec, args.num_processes, args.config_timeout)
         for step, (index, point) in enumerate(todo, start=1):
             task = Task(args.batch_size, args.num_micro_batches, point.prompt_length, point.new_tokens)
             started_at = now_iso()
             try:
-                per_process = pool.run(task, args.config_timeout)
+                per_process = pool.run(task, args.config_timeout, cancelled)
             except WorkerError as exc:
                 writer.append_metadata({**common, "prompt_length": point.prompt_length, "new_tokens": point.new_tokens,
                                         "sweep_index": index, "repeat": repeat_of(index, len(one_pass)),
@@ -251,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prefill_time_s": m.prefill_time_s, "decode_time_s": m.decode_time_s,
                 "per_token_latency_s": m.per_token_latency_s, "tokens_generated_per_call": produced,
                 "started_at": started_at, "finished_at": now_iso(), "status": "ok", "error": None,
+                "client_pids": [process.pid for process in pool.processes],  # one pool for every profile of a session
             })
             elapsed = time.monotonic() - sweep_start
             eta = elapsed / step * (len(todo) - step)
@@ -261,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"  (elapsed {elapsed:.0f} s, ETA {eta:.0f} s)")
             print(line, file=sys.stderr, flush=True)
             progress.write(args.progress, line)
+        healthy = True
     except WorkerError as exc:
         fail(f"client processes could not start: {exc}", EXIT_MEASUREMENT_FAILED)
     finally:
         if pool is not None:
-            pool.close()
+            pools.release(pool, healthy)
     print(f"wrote {args.output} and {writer.metadata}", file=sys.stderr)
     return 0

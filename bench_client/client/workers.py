@@ -13,10 +13,11 @@ import os
 import queue
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench_client.core.metrics import GenerateTiming
-from bench_client.core.processes import terminate_tree
+from bench_client.core.processes import descendants, stop_processes, terminate_tree
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ class WorkerError(RuntimeError):
     pass
 
 
+class WorkerCancelled(Exception):
+    """The configuration was given up from outside (the session's job was withdrawn); no row, no failure."""
+
+
 class WorkerPool:
     """``num_processes`` client processes, started with 'spawn' in the coordinator's process group."""
 
@@ -156,16 +161,18 @@ class WorkerPool:
             process.start()
         self._collect("loaded", load_timeout)
 
-    def _collect(self, kind: str, timeout: float) -> dict[int, object]:
+    def _collect(self, kind: str, timeout: float, cancelled: Callable[[], bool] | None = None) -> dict[int, object]:
         deadline = time.monotonic() + timeout
         got: dict[int, object] = {}
         while len(got) < self.num_processes:
+            if cancelled is not None and cancelled():
+                raise WorkerCancelled(f"given up while waiting for client processes ({kind})")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WorkerError(f"timed out after {timeout:.0f} s waiting for client processes ({kind}); "
                                   f"{len(got)}/{self.num_processes} answered")
             try:
-                message, index, payload = self.results.get(timeout=min(remaining, 5.0))
+                message, index, payload = self.results.get(timeout=min(remaining, 5.0 if cancelled is None else 0.5))
             except queue.Empty:
                 dead = [p.name for p in self.processes if not p.is_alive()]
                 if dead:
@@ -178,13 +185,25 @@ class WorkerPool:
             got[index] = payload
         return got
 
-    def run(self, task: Task, timeout: float) -> list[tuple[list[GenerateTiming], list[int]]]:
+    def run(self, task: Task, timeout: float,
+            cancelled: Callable[[], bool] | None = None) -> list[tuple[list[GenerateTiming], list[int]]]:
         for q in self.task_queues:
             q.put(task)
-        self._collect("ready", timeout)
+        self._collect("ready", timeout, cancelled)
         self.barrier.wait(timeout=timeout)  # every process starts its timed calls together
-        done = self._collect("done", timeout)
+        done = self._collect("done", timeout, cancelled)
         return [done[i] for i in range(self.num_processes)]  # type: ignore[misc]
+
+    def alive(self) -> bool:
+        return all(process.is_alive() for process in self.processes)
+
+    def kill(self, timeout: float = 1.0) -> None:
+        """Stop every worker and its helpers (DHT process, p2pd) now, by PID: SIGTERM, SIGKILL after
+        ``timeout`` (a session told to stop, or a pool given up mid-configuration)."""
+        pids = [p.pid for p in self.processes if p.pid is not None and p.is_alive()]
+        stop_processes(lambda: descendants(pids) + pids, timeout)
+        for process in self.processes:
+            process.join(timeout=0.5)
 
     def close(self) -> None:
         try:

@@ -121,19 +121,37 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
                                out=io.StringIO())
         assert again.ok and again.changed() == {"localhost": 0}, again.stats
 
-        # a replaced client host (its copy of the rows gone) resumes from the controller's: nothing remeasured
+        # a replaced client host (its copy of the rows gone) resumes from the controller's: nothing remeasured;
+        # two more profiles (shaped on paper: only the bench tag runs here) are measured by one client
+        # session, whose client processes started once for both
         host_rows = workdir / "results" / run.run_id / "none"
         shutil.rmtree(host_rows)
-        resumed = run_experiment(inventory=inventory, extravars={**common, "run_id": run.run_id}, tags="bench",
+        more = [{"name": name, "rate": "100gbit"} for name in ("lan-a", "lan-b")]
+        resumed = run_experiment(inventory=inventory, extravars={**common, "run_id": run.run_id, "netbench_shaping": True,
+                                                                 "netem_measurement": {},  # no shaping ran
+                                                                 "profiles": ["none", *more]}, tags="bench,fetch",
                                  out=io.StringIO())
         assert resumed.ok, resumed.failures
         assert (host_rows / "out.tsv").read_text() == (profile_dir / "out.tsv").read_text()
         assert len((profile_dir / "out.tsv").read_text().splitlines()) == 2
         assert len((profile_dir / "out.jsonl").read_text().splitlines()) == 2
+        pools = {}
+        for name in ("none", "lan-a", "lan-b"):
+            rows = [json.loads(line) for line in (run.results_dir / name / "out.jsonl").read_text().splitlines()]
+            assert [(m["status"], m["network_profile"]) for m in rows] == [("ok", name)] * 2
+            pools[name] = {tuple(m["client_pids"]) for m in rows}
+        assert len(pools["lan-a"]) == 1 and pools["lan-a"] == pools["lan-b"] != pools["none"], pools
+        session_log = (workdir / "run" / "client-session.log").read_text()
+        # two runs, two sessions (each stopped after its last profile), the second pool used twice
+        assert session_log.count("session: starting") == 2 and session_log.count("session: reusing") == 1, session_log
+        assert not (workdir / "run" / "client-session.pid").exists()
         # the two later runs of this run id appended their own invocations; the resumed one measured nothing
         invocations = [json.loads(line) for line in (run.results_dir / "timeline.jsonl").read_text().splitlines()]
         assert len({r["invocation"] for r in invocations}) == 3
-        assert resumed.timeline_summary()["measured_s"] == 0.0 and resumed.timeline_summary()["duty_ratio"] == 0.0
+        # (the resumed one counted only the two new profiles' rows: "none" was not measured again)
+        new_rows = [json.loads(line) for name in ("lan-a", "lan-b")
+                    for line in (run.results_dir / name / "out.jsonl").read_text().splitlines()]
+        assert resumed.timeline_summary()["measured_s"] == pytest.approx(sum(m["wall_time_s"] for m in new_rows), abs=1e-3)
         # ansible-playbook's own output (the runner's stdout of each invocation) ends with the breakdown
         for stdout in sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*/stdout")):
             assert re.search(r"^measured [\d.]+ s of [\d.]+ s wall: duty ratio [\d.]+ %$", stdout.read_text(), re.M), stdout

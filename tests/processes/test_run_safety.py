@@ -75,15 +75,14 @@ CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
 }
 
 
-def run_case(name: str, tmp: Path) -> tuple[int, str]:
+def run_case(name: str, tmp: Path, client: tuple[str, ...] = ("-m", "bench_client")) -> tuple[int, str]:
     """Run the client on the case (checking it changed no file); returns (exit code, error line)."""
     setup, extra, _ = CASES[name]
     setup(tmp)
     before = {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file()}
     argv = [a.replace("{tmp}", str(tmp)) for a in BASE + extra]
     try:
-        result = subprocess.run([sys.executable, "-m", "bench_client", *argv], capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run([sys.executable, *client, *argv], capture_output=True, text=True, timeout=120)
     finally:
         subprocess.run(["chattr", "-i", str(tmp / "out.tsv")], capture_output=True)
         while LOCK_HOLDERS:
@@ -102,6 +101,31 @@ def test_refused_before_measuring(name, tmp_path):
         pytest.fail("chattr +i needs root (CI runs as root)")
     code, message = run_case(name, tmp_path)
     assert code in (2, 6) and CASES[name][2] in message, (code, message)
+
+
+def test_the_client_session_refuses_as_the_one_shot_client_and_stops_at_once(tmp_path_factory):
+    """The client session (bench_client.client.session, what the role runs per profile) gives each job
+    the one-shot client's exit code and error line; one session serves every job; SIGTERM ends it at once."""
+    home = tmp_path_factory.mktemp("session")
+    control, pidfile = home / "control", home / "session.pid"
+    subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "start", "--pidfile", str(pidfile), "--log",
+                    str(home / "session.log"), "--", sys.executable, "-m", "bench_client.client.session", "serve",
+                    "--control", str(control)], check=True, capture_output=True, timeout=60)
+    session = Record.load(pidfile)
+    submit = ("-m", "bench_client.client.session", "submit", "--control", str(control), "--pidfile", str(pidfile), "--")
+    try:
+        names = ["resume other profile", "swarm locked", "output /dev/full"]
+        for name in names:
+            alone, via = tmp_path_factory.mktemp("alone"), tmp_path_factory.mktemp("via")
+            code, message = run_case(name, alone)
+            assert run_case(name, via, submit) == (code, message.replace(str(alone), str(via))), name
+            assert session is not None and is_running(session) and Record.load(pidfile) == session
+        assert (home / "session.log").read_text().count("session: job") == 2 * len(names)  # taken, done
+    finally:
+        began = time.monotonic()
+        stopped = subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "stop", "--pidfile", str(pidfile)],
+                                 capture_output=True, text=True, timeout=60)
+    assert '"signal": "SIGTERM"' in stopped.stdout and time.monotonic() - began < 2.0, stopped.stdout
 
 
 def test_same_configuration_resumes_and_the_lock_is_released(tmp_path):
