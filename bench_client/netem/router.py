@@ -269,6 +269,10 @@ def _ip(netns: str | None, *args: str) -> None:
         raise RouterError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
 
 
+BOOT_ATTEMPTS = 3
+BOOT_TIMEOUT_S = 45.0  # a boot takes 2-5 s on the CI machine, 10 s on an H200 host (4 vCPUs)
+
+
 def up(router_dir: Path, bundle: Path, links: dict[int, str], netns: str | None = None, prefix: str = "nbr",
        smp: int = 2, memory_mb: int = 1024, queues: int = 1) -> Router:
     """Boot the router with one NIC per link ``{index: host netns}``; afterwards each host netns has
@@ -289,9 +293,21 @@ def up(router_dir: Path, bundle: Path, links: dict[int, str], netns: str | None 
     argv = qemu_argv(bundle, taps, router.socket_path, router_dir / "console.log", smp, memory_mb, queues)
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
-    router.socket_path.unlink(missing_ok=True)
-    daemon.start(argv, router.pidfile, router_dir / "qemu.log")
-    boot_s = router.wait_ready()
+    for attempt in range(1, BOOT_ATTEMPTS + 1):
+        router.socket_path.unlink(missing_ok=True)
+        daemon.start(argv, router.pidfile, router_dir / "qemu.log")
+        try:
+            boot_s = router.wait_ready(BOOT_TIMEOUT_S)
+            break
+        except RouterError as exc:
+            # a TCG guest with several vCPUs sometimes stalls for good early in its boot (RCU stalls
+            # on the console; seen once on a fresh H200 host, where boots take 10 s): boot it again
+            daemon.stop(router.pidfile, timeout=5)
+            (router_dir / "console.log").replace(router_dir / f"console.failed-{attempt}.log")
+            if attempt == BOOT_ATTEMPTS:
+                raise RouterError(f"{exc} (boot {attempt} of {BOOT_ATTEMPTS}; consoles in {router_dir})") from exc
+            print(f"router: boot {attempt} of {BOOT_ATTEMPTS} did not answer within {BOOT_TIMEOUT_S:.0f} s; "
+                  "booting again", file=sys.stderr, flush=True)
     for index, tap in taps.items():
         _ip(netns, "link", "set", tap, "netns", links[index])
     state = router.state()
