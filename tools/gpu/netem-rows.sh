@@ -57,7 +57,7 @@ python3 -m bench_client.netem.router status --dir "$lab/router" | tee "$out/rout
 # SHAPING_COMPARE=PROFILE,...: before the swarm, each profile measured on the servers twice, one flow
 # after another over every pair (the schedule of earlier rounds) and all at once (the role's default
 # schedule, every pair too): the two must read the same (the router VM is no bottleneck)
-for profile in ${SHAPING_COMPARE//,/ }; do
+for profile in ${SHAPING_COMPARE:+${SHAPING_COMPARE//,/ }}; do
   for mode in serial:1 concurrent:0; do
     t0=$(date +%s.%N)
     python3 -m ansible.cli.playbook -i "$lab/hosts.yml" playbooks/shaping.yml -e netem_hosts=servers \
