@@ -73,3 +73,12 @@ t0=$(date +%s.%N)
 timed python3 -m ansible.cli.playbook -i "$lab/hosts.yml" site.yml -e results_dir="$out/results" -e model="$model" -e netbench_device=cuda \
   -e profiles=none,paper-10ms-1gbit,paper-10ms-100mbit,paper-100ms-100mbit "${run_args[@]}" "$@" 2>&1 | tee "$out/site.log"
 echo "site_yml_s $(elapsed "$t0")" | tee -a "$out/times.txt"
+# AGAIN='-e k=v ...': site.yml once more on the same swarm with these options instead of "$@" (an A/B
+# on one swarm: e.g. the one-shot client first, the client session after)
+if [[ -n ${AGAIN:-} ]]; then
+  t0=$(date +%s.%N)
+  # shellcheck disable=SC2086  # the options, word by word
+  timed python3 -m ansible.cli.playbook -i "$lab/hosts.yml" site.yml -e results_dir="$out/results" -e model="$model" \
+    -e netbench_device=cuda $AGAIN 2>&1 | tee "$out/site-again.log"
+  echo "site_yml_again_s $(elapsed "$t0")" | tee -a "$out/times.txt"
+fi
