@@ -65,7 +65,7 @@ def classify(role: str | None, path: str | None, play_tags: Iterable[str] = (), 
         return "preflight"
     name = task_file(path)
     if role == "netem":
-        if name == "validate.yml":
+        if name in ("validate.yml", "rate_round.yml"):  # rate_round.yml: one round of validate's iperf3 schedule
             return "shaping:verify"
         return "shaping:remove" if name in ("destroy.yml", "stop.yml") else "shaping:apply"
     if role == "bench_client":

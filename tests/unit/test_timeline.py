@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
     ("netem", "/abs/roles/netem/tasks/deploy.yml:40", [], "Benchmark every network profile", "shaping:apply"),
     ("netem", "/abs/roles/netem/tasks/facts.yml:1", [], "Benchmark every network profile", "shaping:apply"),
     ("netem", "/abs/roles/netem/tasks/validate.yml:77", [], "Benchmark every network profile", "shaping:verify"),
+    ("netem", "/abs/roles/netem/tasks/rate_round.yml:3", [], "Benchmark every network profile", "shaping:verify"),
     ("netem", "/abs/roles/netem/tasks/destroy.yml:3", [], "Benchmark every network profile", "shaping:remove"),
     ("bench_client", "roles/bench_client/tasks/wait.yml:8", [], "Benchmark every network profile", "client"),
     ("bench_client", "roles/bench_client/tasks/a_new_file.yml:1", [], "Benchmark every network profile", "client"),
