@@ -58,11 +58,11 @@ What broke, and when each piece can go:
    or daemonises that thread.
 10. hivemind shares tensors between processes through files (its default sharing strategy
    "file_system", set at import), /dev/shm/torch_<pid>_*, which only torch_shm_manager removes, and
-   only while it outlives their creator: every client process left its MPFuture buffer behind (24 files
-   per CPU run, 567 had piled up on the CI machine). The client shares only those small buffers:
-   ``share_tensors_by_descriptor`` makes it pass descriptors, which leave no file (the servers keep the
-   default, their stopper removes their files: bench_client.core.processes). Remove when hivemind
-   cleans up its shared buffers.
+   only while it outlives their creator: every client process, the swarm wait and the client session
+   left their MPFuture buffers behind (24 files per CPU run, 567 had piled up on the CI machine).
+   They share only those small buffers: ``apply`` makes them pass descriptors, which leave no file.
+   Servers, which share every request's tensors, keep the files (``apply(tensor_files=True)``); their
+   stopper removes them (bench_client.core.processes). Remove when hivemind cleans up its buffers.
 """
 
 from __future__ import annotations
@@ -363,11 +363,6 @@ def import_without_package_inits(packages: tuple[str, ...] = HIVEMIND_DHT_PACKAG
             setattr(sys.modules[parent], child, package)
 
 
-def share_tensors_by_descriptor() -> None:
-    """Item 10; call before hivemind is imported. Processes started from here inherit it."""
-    os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
-
-
 def exit_after_shutdown(code: int = 0) -> None:
     """End the process after petals' server shutdown has returned (item 9): flush, then ``os._exit``."""
     logging.shutdown()
@@ -377,16 +372,20 @@ def exit_after_shutdown(code: int = 0) -> None:
     os._exit(code)
 
 
-def apply(quantisation: bool = False) -> None:
+def apply(quantisation: bool = False, tensor_files: bool = False) -> None:
     """Make ``import petals`` work and behave in a private, offline swarm. Idempotent.
 
     ``quantisation``: this process quantises (int8/nf4), so the real bitsandbytes is imported;
-    otherwise the placeholder stands in (petals imports bitsandbytes even in float16)."""
+    otherwise the placeholder stands in (petals imports bitsandbytes even in float16).
+    ``tensor_files``: keep hivemind's file-backed tensor sharing (item 10: servers only); call before
+    anything imports hivemind. Processes started from here inherit the choice."""
     global _applied
     if _applied:
         if quantisation and bitsandbytes_error == NOT_LOADED:  # a quantising part after a plain one
             _bitsandbytes_or_placeholder(load=True)
         return
+    if not tensor_files:
+        os.environ.setdefault("HIVEMIND_MEMORY_SHARING_STRATEGY", "file_descriptor")
     _offline_environment()
     # transformers 4.34 on torch >= 2.2 warns once per process about a renamed pytree helper
     warnings.filterwarnings("ignore", message=".*_register_pytree_node.*", category=FutureWarning)

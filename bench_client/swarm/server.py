@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     model_dir = prepare_model_dir(spec, args)
 
-    compat.apply(quantisation=args.dtype in QUANTISED_DTYPES)
+    compat.apply(quantisation=args.dtype in QUANTISED_DTYPES, tensor_files=True)  # compat item 10
     refusal = quantisation_refusal(args.dtype, device)
     if refusal:
         fail(refusal)
