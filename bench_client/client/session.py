@@ -35,7 +35,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench_client.core.processes import descendants, start_ticks, stop_processes, write_atomically
+from bench_client.core.processes import descendants, exit_on_sigterm, start_ticks, stop_processes, write_atomically
 from bench_client.core.provenance import COMMIT_ENV, DIRTY_ENV, LAUNCHER_ENV
 
 JOB, RUNNING, CANCEL = "job.json", "running.json", "cancel"
@@ -163,11 +163,8 @@ def serve(control: Path, idle_timeout: float) -> int:
     control.mkdir(parents=True, exist_ok=True)
     pools = KeptPools()
 
-    def stop(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    exit_on_sigterm()  # SIGTERM (daemon stop) and Ctrl-C both end the loop below through KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"session: serving jobs from {control} (pid {os.getpid()})", file=sys.stderr, flush=True)
     idle_since = time.monotonic()
     try:
