@@ -3,8 +3,8 @@
     python -m bench_client --initial_peers $INITIAL_PEER --prefix facebook/opt-30b \
         -b 1 --num-micro-batches 2 --num-processes 6 --output out_30b.tsv
 
-Per configuration: every process warms up (one 1-token generate), all start together, each runs
-``--num-micro-batches`` greedy generate() calls of ``max_tokens`` new tokens. The TSV row is the
+Per configuration: every process warms up (one 1-token generate; --warmup says with which prompt),
+all start together, each runs ``--num-micro-batches`` greedy generate() calls of ``max_tokens`` new tokens. The TSV row is the
 original's; the JSON line beside it (out_30b.jsonl) holds the correctly named metrics.
 """
 
@@ -26,9 +26,9 @@ from bench_client.core.metrics import GenerateTiming, summarize
 from bench_client.core.models import UnknownModelError, get_model, write_model_dir
 from bench_client.swarm.peers import PeerError, resolve_initial_peers
 from bench_client.core.processes import fail
-from bench_client.core.results import SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
+from bench_client.core.results import RUN_IDENTITY, SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
 from bench_client.swarm.server import DEFAULT_MODELS_DIR
-from bench_client.core.sweep import (ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining,
+from bench_client.core.sweep import (DEFAULT_WARMUP, WARMUPS, ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining,
                                      repeat_of, repeat_sweep)
 from bench_client.swarm.blocks import EXIT_MISSING_BLOCKS, EXIT_UNREACHABLE, SwarmView, connect, format_ranges, inspect
 from bench_client.client.workers import Task, WorkerError, WorkerPool, WorkerSpec
@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="petals client retries per request before the configuration fails (petals' default is "
                         "infinite: a swarm that lost a block would hang until --config-timeout)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", choices=WARMUPS, default=DEFAULT_WARMUP,
+                   help="each: before every configuration a 1-token generate() of its own prompt (the original: a "
+                        "whole prefill each time); shape: that the first time a process meets a (batch, prompt "
+                        "length) shape, a 1-token prompt for later configurations of that shape (default)")
     p.add_argument("--repeats", type=positive_int, default=1,
                    help="measure the whole sweep this many times (rows per repeat, 'repeat' in the JSONL)")
     p.add_argument("--progress", default=None, metavar="FILE",
@@ -78,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 EXIT_BUSY = 6
+
+
+def build_worker_spec(args: argparse.Namespace, spec, peers: list[str], device: str) -> WorkerSpec:
+    """What every client process of this command line loads (the pool is kept while this is the same)."""
+    model_dir = DEFAULT_MODELS_DIR / f"client--{spec.dht_prefix.replace('/', '--')}"
+    return WorkerSpec(model_dir=str(write_model_dir(spec, model_dir)), dht_prefix=spec.dht_prefix,
+                      initial_peers=tuple(peers), vocab=spec.vocab, device=device, dtype=args.client_dtype,
+                      seed=args.seed, request_timeout=args.request_timeout, max_retries=args.max_retries)
 
 
 def hold_lock(path: str, output: str) -> int:
@@ -194,8 +206,9 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
         if args.lock:  # before the output is read: what is done must not change under us
             locks.append(hold_lock(args.lock, args.output))
         writer.prepare()
-        writer.check_identity({"model": spec.name, "dht_prefix": spec.dht_prefix, "client_dtype": args.client_dtype,
-                               "network_profile": args.network_profile})
+        run_identity = {"model": spec.name, "dht_prefix": spec.dht_prefix, "client_dtype": args.client_dtype,
+                        "network_profile": args.network_profile, "warmup": args.warmup}
+        writer.check_identity({k: run_identity[k] for k in RUN_IDENTITY})
         done = writer.done(args.batch_size, args.num_micro_batches, args.num_processes)
     except (UnknownModelError, PeerError, ValueError) as exc:  # ResultsFileError is a ValueError
         fail(str(exc))
@@ -227,17 +240,14 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
         "system": "petals", "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
         "batch_size": args.batch_size, "num_micro_batches": args.num_micro_batches,
         "num_processes": args.num_processes, "num_gpus": num_gpus, "num_gpus_source": gpus_source,
+        "warmup": args.warmup,
         **servers,
         "client_host": environment.hostname(), "client_device": device,
         "client_gpu": environment.client_gpu(device), "client_dtype": args.client_dtype,
         "versions": environment.package_versions(), "network_profile": args.network_profile, "network": None,
         **extra,
     }
-    model_dir = DEFAULT_MODELS_DIR / f"client--{spec.dht_prefix.replace('/', '--')}"
-    worker_spec = WorkerSpec(model_dir=str(write_model_dir(spec, model_dir)), dht_prefix=spec.dht_prefix,
-                             initial_peers=tuple(peers), vocab=spec.vocab, device=device, dtype=args.client_dtype,
-                             seed=args.seed, request_timeout=args.request_timeout,
-                             max_retries=args.max_retries)
+    worker_spec = build_worker_spec(args, spec, peers, device)
     print(f"{spec.name}: {len(todo)} of {len(points)} configurations to measure "
           f"({len(points) - len(todo)} already in {args.output}); {len(view.online_servers)} servers, "
           f"{num_gpus} GPU(s) [{gpus_source}]; metadata -> {writer.metadata}", file=sys.stderr, flush=True)
@@ -250,10 +260,10 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
     try:
         pool = pools.get(worker_spec, args.num_processes, args.config_timeout)
         for step, (index, point) in enumerate(todo, start=1):
-            task = Task(args.batch_size, args.num_micro_batches, point.prompt_length, point.new_tokens)
+            task = Task(args.batch_size, args.num_micro_batches, point.prompt_length, point.new_tokens, args.warmup)
             started_at = now_iso()
             try:
-                per_process = pool.run(task, args.config_timeout, cancelled)
+                per_process, warmup = pool.run(task, args.config_timeout, cancelled)
             except WorkerError as exc:
                 writer.append_metadata({**common, "prompt_length": point.prompt_length, "new_tokens": point.new_tokens,
                                         "sweep_index": index, "repeat": repeat_of(index, len(one_pass)),
@@ -278,6 +288,7 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
                 "per_gpu_throughput": m.per_gpu_throughput, "mean_generate_latency_s": m.mean_generate_latency_s,
                 "prefill_time_s": m.prefill_time_s, "decode_time_s": m.decode_time_s,
                 "per_token_latency_s": m.per_token_latency_s, "tokens_generated_per_call": produced,
+                "warmup_kind": warmup["kind"], "warmup_s": round(warmup["seconds"], 3),
                 "started_at": started_at, "finished_at": now_iso(), "status": "ok", "error": None,
                 "client_pids": [process.pid for process in pool.processes],  # one pool for every profile of a session
             })

@@ -20,7 +20,11 @@ no session runs, or the session dies before the job is done, it measures the job
 process, exactly as ``python -m bench_client`` (which resumes after the rows already written).
 
 The control directory: ``job.json`` (written by submit, renamed to ``running.json`` when the session
-takes it), ``cancel`` (the id of a withdrawn job), ``done-<id>.json`` ({"code", "stderr"}).
+takes it), ``cancel`` (the id of a withdrawn job), ``done-<id>.json`` ({"code", "stderr"}), and
+``prestart.json`` ({"argv": CLIENT-FLAGS}), read once when the session starts: it loads the pool those
+flags ask for at once, so that the client processes import torch and petals and build the model while
+the servers are still starting (the bench_client role starts the session right after the DHT). The
+first job asking for the same processes finds them loaded; one asking for others replaces them.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pathlib import Path
 from bench_client.core.processes import descendants, exit_on_sigterm, start_ticks, stop_processes, write_atomically
 from bench_client.core.provenance import COMMIT_ENV, DIRTY_ENV, LAUNCHER_ENV
 
-JOB, RUNNING, CANCEL = "job.json", "running.json", "cancel"
+JOB, RUNNING, CANCEL, PRESTART = "job.json", "running.json", "cancel", "prestart.json"
 JOB_ENV = (LAUNCHER_ENV, COMMIT_ENV, DIRTY_ENV)  # what launched the rows: per job, the session may outlive a run
 CANCELLED = 143  # the job was withdrawn (its submitter was stopped)
 POLL = 0.2
@@ -159,6 +163,37 @@ def run_job(job: dict, pools: KeptPools, control: Path) -> tuple[int, str]:
     return int(code), _stderr_since(offset)
 
 
+def prestart(control: Path, pools: KeptPools) -> None:
+    """Load the pool of ``prestart.json``'s flags, if there is one (it is removed: read once). A failure
+    (the DHT not answering yet, a bad flag) only costs the head start: the first job starts its pool."""
+    from bench_client.client import cli
+    from bench_client.core.models import get_model
+    from bench_client.swarm.peers import resolve_initial_peers
+
+    try:
+        argv = json.loads((control / PRESTART).read_text())["argv"]
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"session: unreadable {PRESTART} ignored: {exc}", file=sys.stderr, flush=True)
+        (control / PRESTART).unlink(missing_ok=True)
+        return
+    (control / PRESTART).unlink(missing_ok=True)
+    began = time.monotonic()
+    try:
+        args = cli.build_parser().parse_args(argv)
+        spec = cli.build_worker_spec(args, get_model(args.prefix), resolve_initial_peers(args.initial_peers),
+                                     cli.resolve_device(args.device))
+        pools.get(spec, args.num_processes, args.config_timeout)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001  (argparse and fail() exit; the job will say it again)
+        pools.drop()
+        print(f"session: no head start ({type(exc).__name__}: {exc}); the first job starts the client processes",
+              file=sys.stderr, flush=True)
+        return
+    print(f"session: client processes loaded ahead of the first job in {time.monotonic() - began:.1f} s",
+          file=sys.stderr, flush=True)
+
+
 def serve(control: Path, idle_timeout: float) -> int:
     control.mkdir(parents=True, exist_ok=True)
     pools = KeptPools()
@@ -166,8 +201,9 @@ def serve(control: Path, idle_timeout: float) -> int:
     exit_on_sigterm()  # SIGTERM (daemon stop) and Ctrl-C both end the loop below through KeyboardInterrupt
     signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"session: serving jobs from {control} (pid {os.getpid()})", file=sys.stderr, flush=True)
-    idle_since = time.monotonic()
     try:
+        prestart(control, pools)
+        idle_since = time.monotonic()
         while True:
             try:
                 os.replace(control / JOB, control / RUNNING)  # atomic: the job is ours, or withdrawn

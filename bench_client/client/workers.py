@@ -5,6 +5,14 @@ Workers live for the whole sweep (the original started new processes per configu
 model once saves minutes on long sweeps and changes nothing that is timed). Per configuration, each
 worker warms up with one 1-token generate(), reports ready, waits on a barrier with all the others
 and the coordinator, then runs its micro-batches back to back.
+
+The warm-up (Task.warmup): "each" is the original's, a 1-token generate() of the configuration's own
+prompt before every configuration: a whole prefill, as long as the measured one's (seconds per
+configuration under a 100 Mbit profile, most of a sweep's wall time on a GPU). "shape" does that only
+the first time a process meets a (batch, prompt length) shape; later configurations of that shape
+(other new-token counts, repeats, the next profiles of a client session) warm up with a 1-token
+prompt, which still opens an inference session through every server of the route under the network
+in effect. What is timed is the same generate() either way.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ import queue
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench_client.core.metrics import GenerateTiming
+from bench_client.core.sweep import DEFAULT_WARMUP
 from bench_client.core.processes import descendants, stop_processes, terminate_tree
 
 
@@ -39,6 +48,20 @@ class Task:
     num_micro_batches: int
     prompt_length: int
     new_tokens: int
+    warmup: str = DEFAULT_WARMUP  # bench_client.core.sweep.WARMUPS
+
+
+@dataclass
+class Warmups:
+    """The shapes one worker has warmed up with a whole prompt (Task.warmup "shape")."""
+    seen: set[tuple[int, int]] = field(default_factory=set)
+
+    def kind(self, task: Task) -> str:
+        """"full" (the configuration's own prompt) or "short" (a 1-token prompt), and remember the shape."""
+        shape = (task.batch_size, task.prompt_length)
+        kind = "short" if task.warmup == "shape" and shape in self.seen else "full"
+        self.seen.add(shape)
+        return kind
 
 
 def _load_model(spec: WorkerSpec, index: int):
@@ -103,6 +126,7 @@ def worker_main(index: int, spec: WorkerSpec, tasks, results, barrier) -> None:
         torch.set_num_threads(1)
         model = _load_model(spec, index)
         generator = torch.Generator().manual_seed(spec.seed + index)
+        warmups = Warmups()
         results.put(("loaded", index, None))
         while True:
             task: Task | None = tasks.get()
@@ -111,8 +135,10 @@ def worker_main(index: int, spec: WorkerSpec, tasks, results, barrier) -> None:
             inputs = torch.randint(0, spec.vocab, (task.batch_size, task.prompt_length), generator=generator)
             if spec.device == "cuda":
                 inputs = inputs.cuda()
-            _timed_generate(model, inputs, 1)  # warm-up, as the original
-            results.put(("ready", index, None))
+            kind = warmups.kind(task)
+            warm_start = time.monotonic()
+            _timed_generate(model, inputs if kind == "full" else inputs[:, :1], 1)
+            results.put(("ready", index, {"kind": kind, "seconds": time.monotonic() - warm_start}))
             barrier.wait()
             timings, produced = [], []
             for _ in range(task.num_micro_batches):
@@ -186,13 +212,16 @@ class WorkerPool:
         return got
 
     def run(self, task: Task, timeout: float,
-            cancelled: Callable[[], bool] | None = None) -> list[tuple[list[GenerateTiming], list[int]]]:
+            cancelled: Callable[[], bool] | None = None) -> tuple[list[tuple[list[GenerateTiming], list[int]]], dict]:
+        """Every process's (timings, tokens produced), and the warm-up: its kind(s) and longest time."""
         for q in self.task_queues:
             q.put(task)
-        self._collect("ready", timeout, cancelled)
+        ready = self._collect("ready", timeout, cancelled)
         self.barrier.wait(timeout=timeout)  # every process starts its timed calls together
         done = self._collect("done", timeout, cancelled)
-        return [done[i] for i in range(self.num_processes)]  # type: ignore[misc]
+        warmup = {"policy": task.warmup, "kind": "+".join(sorted({r["kind"] for r in ready.values()})),  # type: ignore[index]
+                  "seconds": max(r["seconds"] for r in ready.values())}  # type: ignore[index]
+        return [done[i] for i in range(self.num_processes)], warmup  # type: ignore[misc]
 
     def alive(self) -> bool:
         return all(process.is_alive() for process in self.processes)

@@ -11,6 +11,10 @@ ORIGINAL_NEW_TOKENS = 32
 TOKEN_SWEEP_MODEL = "facebook/opt-30b"  # the original swept 0..32 new tokens for OPT-30B only
 TOKEN_SWEEP_PROMPT_LENGTH = 512
 ORIGINAL_TOKEN_SWEEP = range(0, 33)
+# How each configuration warms up (bench_client.client.workers): "each" is the original's whole prefill
+# before every configuration, "shape" that only for a shape a client process has not met yet.
+WARMUPS = ("each", "shape")
+DEFAULT_WARMUP = "shape"
 
 
 @dataclass(frozen=True, order=True)

@@ -27,7 +27,7 @@ from typing import Any
 from bench_client.netem import profiles as netem
 from bench_client.core import provenance
 from bench_client.core.models import WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
-from bench_client.core.sweep import TOKEN_SWEEP_PROMPT_LENGTH, attention_cache_tokens, parse_token_sweep
+from bench_client.core.sweep import TOKEN_SWEEP_PROMPT_LENGTH, WARMUPS, attention_cache_tokens, parse_token_sweep
 
 GROUPS = ("dht", "servers", "clients")
 RUNTIMES = ("process", "docker")
@@ -276,7 +276,7 @@ def check_bench(bench: dict[str, Any], model: str) -> dict[str, Any]:
     """The bench_client_* variables the user set (None: the role's default), checked and converted so
     the role runs exactly what was validated: no scalar spelled out digit by digit, no 1.5 or 'abc'."""
     given = {k: v for k, v in bench.items() if v is not None}
-    unknown = sorted(set(given) - set(BENCH_INTS) - {"prompt_lengths", "token_sweep", "extra_args"})
+    unknown = sorted(set(given) - set(BENCH_INTS) - {"prompt_lengths", "token_sweep", "extra_args", "warmup"})
     if unknown:
         raise PlanError(f"unknown bench settings {unknown}")
     checked: dict[str, Any] = {k: _whole_number(k, v, BENCH_INTS[k]) for k, v in given.items() if k in BENCH_INTS}
@@ -288,6 +288,10 @@ def check_bench(bench: dict[str, Any], model: str) -> dict[str, Any]:
         except ValueError as exc:
             raise PlanError(f"bench_client_token_sweep: {exc}") from None
         checked["token_sweep"] = str(given["token_sweep"])
+    if "warmup" in given:
+        if given["warmup"] not in WARMUPS:
+            raise PlanError(f"bench_client_warmup must be one of {', '.join(WARMUPS)}, got {given['warmup']!r}")
+        checked["warmup"] = given["warmup"]
     if "extra_args" in given:
         extra = given["extra_args"]
         if not isinstance(extra, list) or not all(isinstance(a, (str, int, float)) for a in extra):

@@ -142,9 +142,18 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
             assert [(m["status"], m["network_profile"]) for m in rows] == [("ok", name)] * 2
             pools[name] = {tuple(m["client_pids"]) for m in rows}
         assert len(pools["lan-a"]) == 1 and pools["lan-a"] == pools["lan-b"] != pools["none"], pools
+        # the warm-up (--warmup shape): a whole prompt the first time a pool meets a shape (prompt 16, 32),
+        # a 1-token prompt at the next profile of the same session
+        warmups = {name: [(m["warmup"], m["warmup_kind"]) for m in map(json.loads, (run.results_dir / name / "out.jsonl")
+                                                                        .read_text().splitlines())]
+                   for name in ("none", "lan-a", "lan-b")}
+        assert warmups == {"none": [("shape", "full")] * 2, "lan-a": [("shape", "full")] * 2,
+                           "lan-b": [("shape", "short")] * 2}, warmups
         session_log = (workdir / "run" / "client-session.log").read_text()
-        # two runs, two sessions (each stopped after its last profile), the second pool used twice
-        assert session_log.count("session: starting") == 2 and session_log.count("session: reusing") == 1, session_log
+        # two runs, two sessions (each stopped after its last profile), the second pool used twice; the full
+        # run's session was started right after the DHT and loaded its processes before the first profile
+        assert session_log.count("session: starting") == 2 and session_log.count("session: reusing") == 2, session_log
+        assert session_log.count("session: client processes loaded ahead of the first job") == 1, session_log
         assert not (workdir / "run" / "client-session.pid").exists()
         # the two later runs of this run id appended their own invocations; the resumed one measured nothing
         invocations = [json.loads(line) for line in (run.results_dir / "timeline.jsonl").read_text().splitlines()]
