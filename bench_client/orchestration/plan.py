@@ -32,7 +32,8 @@ from bench_client.core.sweep import TOKEN_SWEEP_PROMPT_LENGTH, attention_cache_t
 GROUPS = ("dht", "servers", "clients")
 RUNTIMES = ("process", "docker")
 DEVICES = ("cpu", "cuda")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# a folder name: always fullmatch (a "$" anchor matches before a final newline, so "run\n" would pass)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 GB = 1e9
 # The paper's swarm has 4 GPUs; with fewer GPUs in the inventory each one runs several servers, as
 # `local_swarm --servers 4` emulates the 4-server swarm on one GPU.
@@ -232,7 +233,7 @@ def parse_profiles(value: Any) -> list[dict[str, Any]]:
     result, seen = [], set()
     for item in value:
         profile = resolve_profile(item)
-        if not _SAFE_NAME.match(profile["name"]):
+        if not _SAFE_NAME.fullmatch(profile["name"]):
             raise PlanError(f"profile name {profile['name']!r} is used as a results folder: use letters, digits, '.', '_' or '-'")
         if profile["name"] in seen:
             raise PlanError(f"profile {profile['name']!r} is listed twice; give each profile its own name")
@@ -402,7 +403,7 @@ def parse_systems(value: Any) -> list[str]:
     return list(dict.fromkeys(systems))
 def check_run_id(run_id: str) -> str:
     """A run id names a results folder (and the runner's artifacts): one plain path component."""
-    if not _SAFE_NAME.match(run_id) or run_id in (".", ".."):
+    if not _SAFE_NAME.fullmatch(run_id) or run_id in (".", ".."):
         raise PlanError(f"run_id {run_id!r} is used as a results folder: use letters, digits, '.', '_' or '-'")
     return run_id
 

@@ -287,3 +287,30 @@ def test_become_only_where_the_login_user_is_not_root_and_has_root_tasks():
     # a work directory the login user may not create (e.g. /var/lib/...) is created as root
     system_workdir = {**hosts, "c": {**hosts["c"], "sudo": True, "workdir_writable": "false"}}
     assert make_plan(config(hosts=system_workdir, groups=groups))["become"]["c"] is True
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    # "$" matches before a final newline: these passed as folder names
+    ({"run_id": "run\n"}, "run_id 'run\\n' is used as a results folder"),
+    ({"profiles": [{"name": "wan\n", "delay": "10ms"}]}, "profile name 'wan\\n' is used as a results folder"),
+])
+def test_names_with_a_trailing_newline_are_refused(overrides, expected):
+    hosts = {"a": {"servers": 2, "mem_kb": 16 * GIB_KB, "machine_id": "m1", "shaping": True}}
+    assert expected in refusal(hosts=hosts, **overrides)
+
+
+def test_names_are_anchored_at_the_true_end_everywhere():
+    """Every name pattern of the package refuses a trailing newline (the audit of issue 24, item 2)."""
+    from bench_client.core.models import validate_dht_prefix
+    from bench_client.orchestration.plan import check_run_id
+    from bench_client.swarm.peers import PeerError, resolve_initial_peers
+
+    peer = "/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9"
+    assert resolve_initial_peers([peer]) == [peer]
+    with pytest.raises(PeerError, match="is not a multiaddr"):
+        resolve_initial_peers([peer + "\n"])
+    assert check_run_id("r1") == "r1"
+    with pytest.raises(PlanError):
+        check_run_id("r1\n")
+    with pytest.raises(ValueError, match="whitespace"):
+        validate_dht_prefix("opt6b\n")
