@@ -29,7 +29,7 @@ CASES = {
     "shaping-on-local": ({"profiles": "paper-10ms-100mbit"}, None, "shaping is off on localhost"),
     # docker is implemented by the roles now (tests/isolated/test_site_docker_runtime.py runs it); a runtime without tasks
     # is refused too (tests/unit/test_plan.py::test_runtime_without_role_tasks)
-    "unknown-runtime": ({"netbench_runtime": "podman"}, None, "runtime 'podman' is not one of process, docker"),
+    "unknown-runtime": ({"netbench_runtime": "podman"}, None, "netbench_runtime must be one of process, docker, got 'podman'"),
     "unknown-system": ({"systems": "petals,vllm"}, None, "expected a comma-separated subset of petals, flexgen"),
     "flexgen-without-gpu": ({"systems": "petals,flexgen"}, None, "flexgen, which needs a CUDA GPU"),
     # custom profiles may not pass for the unshaped or the paper's rows
@@ -177,3 +177,23 @@ def test_probe_names_one_machine_the_same_from_every_namespace_even_without_mach
     machine_id = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
     assert ids[0] == (machine_id or f"boot-{boot_id}")
     assert ids[1] == f"boot-{boot_id}"
+
+
+def test_every_variable_is_checked_in_the_preflight_before_any_host_changes(tmp_path):
+    """One real site.yml with a bad value of every variable the plan knows (bench_client.orchestration.variables):
+    the pre-flight refuses them all in one message, each by name, and nothing ran past it. One run, not
+    one per variable: the values reach the plan through the same hostvars whatever the variable."""
+    from bench_client.orchestration.variables import VARIABLES
+
+    bad = {name: spec.bad for name, spec in VARIABLES.items() if name != "results_dir"}  # results: where this test looks
+    out = io.StringIO()
+    result = run_experiment(inventory=ROOT / "inventory" / "local" / "hosts.yml", tags="provision", out=out,
+                            extravars={**bad, "results_dir": str(tmp_path / "results")})
+    assert result.rc != 0, out.getvalue()
+    assert all(f.task.startswith("preflight") for f in result.failures), result.failures
+    message = " ".join(f.message for f in result.failures)
+    unnamed = [name for name in bad if f"{name} " not in message and f"{name}:" not in message]
+    assert not unnamed, (unnamed, message)
+    assert not any(t.status == "changed" for t in result.timings)
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["results"]), list(tmp_path.iterdir())
+

@@ -241,7 +241,12 @@ def test_a_paper_profile_spelled_out_with_its_own_values_keeps_its_name():
     ({"extra_args": ["--seed", 3]}, {"extra_args": ["--seed", "3"]}),
 ])
 def test_bench_settings_are_converted(bench, expected):
-    assert make_plan(config(bench=bench))["bench"] == expected
+    assert make_plan(config(variables=extra_vars(bench)))["bench"] == expected
+
+
+def extra_vars(bench: dict) -> dict:
+    """The plugin's input for host a: bench_client_<name> as the user set them (None: not set)."""
+    return {"a": {f"bench_client_{k}": v for k, v in bench.items()}}
 
 
 @pytest.mark.parametrize("bench, expected", [
@@ -256,7 +261,7 @@ def test_bench_settings_are_converted(bench, expected):
     ({"extra_args": "--seed 3"}, "bench_client_extra_args must be a list of flags"),
 ])
 def test_bad_bench_settings(bench, expected):
-    assert expected in refusal(bench=bench)
+    assert expected in refusal(variables=extra_vars(bench))
 
 
 def test_become_only_where_the_login_user_is_not_root_and_has_root_tasks():
