@@ -122,10 +122,36 @@ def append_line(path: Path, line: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
+        data = line.encode()
+        while data:  # a short write (a nearly full disk) is not the whole line
+            data = data[os.write(fd, data):]
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def append_lines(lines: list[tuple[Path, str]]) -> None:
+    """Append each line to its file, all of them or none: on a failed write (a full disk, a quota) every
+    file is cut back to its size before (truncating needs no space), so a TSV row never stands without
+    its JSONL record and the rerun resumes from where the run stopped."""
+    sizes = [(path, _size(path)) for path, _ in lines]
+    try:
+        for path, line in lines:
+            append_line(path, line)
+    except OSError as exc:
+        for path, size in sizes:
+            if path.exists():
+                os.truncate(path, size)
+        names = " nor ".join(str(path) for path, _ in lines)
+        raise ResultsFileError(f"cannot write the row ({exc.strerror}): neither {names} was changed; free the "
+                               "space and rerun, it resumes here") from None
 
 
 class ResultsWriter:
@@ -176,14 +202,24 @@ class ResultsWriter:
     def prepare(self) -> None:
         for path in (self.tsv, self.metadata):
             repair_tail(path)
+        self._drop_row_without_record()
+
+    def _drop_row_without_record(self) -> None:
+        """A process killed between the two writes of a pair left the TSV one row ahead of its JSONL: that
+        row's measurement is described nowhere, so it is dropped and measured again."""
+        rows = read_tsv(self.tsv)
+        if len(rows) == sum(1 for m in read_metadata(self.metadata) if m.get("status") == "ok") + 1:
+            data = self.tsv.read_bytes()
+            os.truncate(self.tsv, data.rstrip(b"\n").rfind(b"\n") + 1)
 
     def append(self, row: TsvRow, metadata: dict) -> None:
-        append_line(self.tsv, row.format())
-        self.append_metadata(metadata)
+        append_lines([(self.tsv, row.format()), (self.metadata, self._record(metadata))])
 
     def append_metadata(self, metadata: dict) -> None:
-        append_line(self.metadata, json.dumps({"schema": SCHEMA_VERSION, **metadata, **self.provenance},
-                                                sort_keys=True) + "\n")
+        append_lines([(self.metadata, self._record(metadata))])
+
+    def _record(self, metadata: dict) -> str:
+        return json.dumps({"schema": SCHEMA_VERSION, **metadata, **self.provenance}, sort_keys=True) + "\n"
 
 
 def read_metadata(path: str | Path) -> list[dict]:
