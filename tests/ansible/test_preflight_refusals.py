@@ -47,6 +47,13 @@ CASES = {
     "bench-prompt-zero": ({"bench_client_prompt_lengths": "512,0"}, None,
                           "bench_client_prompt_lengths must be at least 1, got 0"),
     "bench-token-sweep": ({"bench_client_token_sweep": "9:3"}, None, "bench_client_token_sweep: --token-sweep '9:3'"),
+    # values that cannot be meant: a zero rate was applied as "no rate limit"
+    "zero-rate": ({"profiles": [{"name": "wan", "delay": "10ms", "rate": "0mbit"}]}, None,
+                  "rate: '0mbit' is no rate at all"),
+    "profile-name-newline": ({"profiles": [{"name": "wan\n", "delay": "10ms"}]}, None,
+                             "profile name 'wan\\n' is used as a results folder"),
+    "repeats-zero": ({"repeats": 0}, None, "repeats must be at least 1, got 0"),
+    "boolean-typo": ({"flexgen_bench_search": "ture"}, None, "flexgen_bench_search must be true or false"),
     "missing-group": ({}, "servers", "inventory group 'servers' is missing or empty"),
     "empty-group": ({}, "clients-empty", "inventory group 'clients' is missing or empty"),
 }
