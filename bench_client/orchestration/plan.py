@@ -101,6 +101,9 @@ class HostInfo:
     become_password: bool = False
     firewall: bool = False
     workdir_writable: bool = True  # the work directory exists, or the login user may create it
+    # each GPU's UUID (nvidia-smi), in the order of gpus_mib: which GPUs are one, whatever the machine id
+    # (cloned images share /etc/machine-id; a lab's namespaces see the same GPUs); () where not probed
+    gpus_uuid: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> HostInfo:
@@ -119,7 +122,8 @@ class HostInfo:
                    netem_module=data.get("netem_module") or None, uid=int(data.get("uid") or 0),
                    user=str(data.get("user") or "root"), sudo=_flag(data.get("sudo")),
                    become_password=_flag(data.get("become_password")), firewall=_flag(data.get("firewall")),
-                   workdir_writable=_flag(data.get("workdir_writable", True)))
+                   workdir_writable=_flag(data.get("workdir_writable", True)),
+                   gpus_uuid=tuple(str(u) for u in data.get("gpus_uuid") or ()))
 
     def server_count(self, inventory_gpus: int) -> int:
         """Servers on this host. On CUDA: netbench_servers_per_host if set, else netbench_servers_per_gpu
@@ -293,10 +297,13 @@ def _gb(nbytes: float) -> str:
     return f"{nbytes / GB:.1f} GB"
 
 
-def physical_gpu(hosts: dict[str, HostInfo], host: str, gpu: int) -> tuple[str, int]:
-    """One GPU however many inventory hosts see it: the network namespaces of the emulated lab are
-    hosts of one machine (same /etc/machine-id) that all see its GPUs."""
-    return hosts[host].machine_id, gpu
+def physical_gpu(hosts: dict[str, HostInfo], host: str, gpu: int) -> tuple[str, int | str]:
+    """One GPU however many inventory hosts see it (the network namespaces of the emulated lab are hosts of
+    one machine that all see its GPUs): its UUID where the probe read one, else the machine and index."""
+    info = hosts[host]
+    if len(info.gpus_uuid) == len(info.gpus_mib) and info.gpus_uuid[gpu]:
+        return "uuid", info.gpus_uuid[gpu]
+    return info.machine_id, gpu
 
 
 def check_gpu_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[str, HostInfo],
@@ -416,8 +423,8 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     cache_override = _count(config.get("attn_cache_tokens"), "(all)", "petals_server_attn_cache_tokens")
     if cache_override:
         workload["attn_cache_tokens"] = cache_override
-    inventory_gpus = len({(info.machine_id, gpu) for info in server_hosts.values() if info.device == "cuda"
-                          for gpu in range(len(info.gpus_mib))})
+    inventory_gpus = len({physical_gpu(server_hosts, info.name, gpu) for info in server_hosts.values()
+                          if info.device == "cuda" for gpu in range(len(info.gpus_mib))})
     counts = {name: info.server_count(inventory_gpus) for name, info in server_hosts.items()}
     total = sum(counts.values())
     if total > model.layers:

@@ -319,3 +319,17 @@ def test_names_are_anchored_at_the_true_end_everywhere():
         check_run_id("r1\n")
     with pytest.raises(ValueError, match="whitespace"):
         validate_dht_prefix("opt6b\n")
+
+
+def test_gpus_are_told_apart_by_their_uuids_not_the_machine_id():
+    """Cloned images: two GPU hosts with one /etc/machine-id were planned as one GPU (per-GPU numbers
+    doubled). The probe's GPU UUIDs say which GPUs are one: the lab's namespaces see the same UUID."""
+    hosts = {h: {"device": "cuda", "gpus_mib": [H200_MIB], "gpus_uuid": [f"GPU-{h}"], "mem_kb": 128 * GIB_KB,
+                 "machine_id": "cloned", "servers": 2} for h in ("g1", "g2")}
+    groups = {"dht": ["g1"], "servers": ["g1", "g2"], "clients": ["g1"]}
+    plan = make_plan(config(model="facebook/opt-30b", workload=PAPER_WORKLOAD, hosts=hosts, groups=groups))
+    assert plan["num_gpus"] == 2
+    for h in hosts:  # namespaces of one machine, on different machine ids even: one GPU
+        hosts[h]["gpus_uuid"], hosts[h]["machine_id"] = ["GPU-same"], h
+    plan = make_plan(config(model="facebook/opt-30b", workload=PAPER_WORKLOAD, hosts=hosts, groups=groups))
+    assert plan["num_gpus"] == 1
