@@ -525,3 +525,15 @@ def test_one_profile_name_at_two_network_conditions_is_never_merged(tmp_path: Pa
     text = capsys.readouterr().out
     assert "No configuration was measured in both runs." in text, text
     assert "Only in r10: " in text and "wan (10 ms, 100 Mbit/s, limit 1000)" in text
+
+
+def test_the_headline_never_calls_cpu_servers_gpus(tmp_path: Path):
+    """A CPU swarm's divisor counts servers (dht-servers): Table 17's headline cell and the medians gave its
+    numbers as per-GPU on "2 × unknown GPU"."""
+    write_run(tmp_path / "r" / "none", sweep("none", 1.0, model="facebook/opt-30b", num_gpus=2, gpus=(),
+                                             source="dht-servers", dtype="float32"))
+    assert run_report(tmp_path / "r", "--out", tmp_path / "o") == 0
+    md = (tmp_path / "o" / "table17.md").read_text()
+    assert "unknown GPU" not in md, md
+    headline = next(line for line in md.splitlines() if line.startswith("| facebook/opt-30b |"))
+    assert "per server, 2 CPU servers (no GPU)" in headline, headline
