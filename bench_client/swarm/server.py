@@ -83,6 +83,7 @@ def device_uuid(device: str) -> str:
 
     if not device.startswith("cuda"):
         return ""
+    # torch gives it without nvidia-smi's "GPU-" prefix (seen on the H200 host, torch 2.11)
     uuid = str(getattr(torch.cuda.get_device_properties(torch.device(device)), "uuid", "") or "")
     return uuid if not uuid or uuid.startswith("GPU-") else f"GPU-{uuid}"
 
