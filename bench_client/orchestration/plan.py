@@ -262,7 +262,7 @@ def check_variables(by_host: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
         try:
             checked[host] = variables.check_variables(values or {})
         except variables.VariableError as exc:
-            for problem in str(exc).split("; "):
+            for problem in exc.problems:
                 problems.setdefault(problem, []).append(host)
     if problems:
         raise PlanError("; ".join(problem if len(hosts) == len(by_host) else f"host {', '.join(hosts)}: {problem}"

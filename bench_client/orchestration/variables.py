@@ -25,7 +25,11 @@ FALSE_WORDS = ("false", "no", "off", "0")
 
 
 class VariableError(ValueError):
-    """One variable's refusal: ``<name> must be <what is allowed>, got <value>``."""
+    """A refusal: ``<name> must be <what is allowed>, got <value>``, one such line per bad variable."""
+
+    def __init__(self, *problems: str):
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
 
 
 @dataclass(frozen=True)
@@ -274,5 +278,5 @@ def check_variables(values: dict[str, Any]) -> dict[str, Any]:
         except VariableError as exc:
             problems.append(str(exc))
     if problems:
-        raise VariableError("; ".join(problems))
+        raise VariableError(*problems)
     return checked
