@@ -45,6 +45,12 @@ def _got(value: Any) -> str:
     return repr(value)
 
 
+def _typed(kind: str, check: Callable[[str, Any], Any], choices: tuple[str, ...] = ()) -> Callable[[str, Any], Any]:
+    """Tag a check with the argument-spec type it checks (roles' meta/argument_specs.yml must agree: a test)."""
+    check.kind, check.choices = kind, choices  # type: ignore[attr-defined]
+    return check
+
+
 def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
     """An int from an int or a string of digits (extra vars arrive as strings); never a bool or 1.5."""
     def check(name: str, value: Any) -> int:
@@ -57,7 +63,7 @@ def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str, Any
         if maximum is not None and value > maximum:
             raise VariableError(f"{name} must be at most {maximum}, got {value}")
         return value
-    return check
+    return _typed("int", check)
 
 
 def number(minimum: float, maximum: float | None = None, above: bool = False) -> Callable[[str, Any], float]:
@@ -74,10 +80,10 @@ def number(minimum: float, maximum: float | None = None, above: bool = False) ->
         if maximum is not None and result > maximum:
             raise VariableError(f"{name} must be at most {maximum:g}, got {value}")
         return result
-    return check
+    return _typed("float", check)
 
 
-def boolean(name: str, value: Any) -> bool:
+def _boolean(name: str, value: Any) -> bool:
     """true/false as YAML, JSON or -e key=value spell it; 'ture' is a typo, not false."""
     if isinstance(value, bool):
         return value
@@ -87,12 +93,15 @@ def boolean(name: str, value: Any) -> bool:
     raise VariableError(f"{name} must be true or false (or yes/no, on/off, 1/0), got {_got(value)}")
 
 
+boolean = _typed("bool", _boolean)
+
+
 def choice(*allowed: str) -> Callable[[str, Any], str]:
     def check(name: str, value: Any) -> str:
         if not isinstance(value, str) or value not in allowed:
             raise VariableError(f"{name} must be one of {', '.join(allowed)}, got {_got(value)}")
         return value
-    return check
+    return _typed("str", check, allowed)
 
 
 def port(free: bool) -> Callable[[str, Any], int]:
@@ -106,7 +115,7 @@ def port(free: bool) -> Callable[[str, Any], int]:
         except VariableError:
             zero = " (0: any free port)" if free else ""
             raise VariableError(f"{name} must be a TCP port in {low}-65535{zero}, got {_got(value)}") from None
-    return check
+    return _typed("int", check)
 
 
 def number_list(minimum: int) -> Callable[[str, Any], list[int]]:
@@ -129,7 +138,7 @@ def number_list(minimum: int) -> Callable[[str, Any], list[int]]:
             return [item(name, part) for part in value]
         except VariableError as exc:
             raise VariableError(f"{exc} (in {_got(given)})") from None
-    return check
+    return _typed("list", check)
 
 
 def flags(*owned: str) -> Callable[[str, Any], list[str]]:
@@ -152,7 +161,7 @@ def flags(*owned: str) -> Callable[[str, Any], list[str]]:
                 raise VariableError(f"{name} may not set {flag} (it would override the role's {clash[0]}): set the "
                                     f"variable the role builds it from instead, got {_got(value)}")
         return args
-    return check
+    return _typed("list", check)
 
 
 def path(absolute: bool) -> Callable[[str, Any], str]:
@@ -166,10 +175,10 @@ def path(absolute: bool) -> Callable[[str, Any], str]:
             allowed = "an absolute path of a directory of its own (not /)" if absolute else "a non-empty path"
             raise VariableError(f"{name} must be {allowed}, got {_got(value)}")
         return text
-    return check
+    return _typed("str", check)
 
 
-def token_sweep(name: str, value: Any) -> str:
+def _token_sweep(name: str, value: Any) -> str:
     from bench_client.core.sweep import parse_token_sweep
 
     try:
@@ -179,12 +188,18 @@ def token_sweep(name: str, value: Any) -> str:
     return str(value)
 
 
-def string_map(name: str, value: Any) -> dict[str, str]:
+token_sweep = _typed("str", _token_sweep)
+
+
+def _string_map(name: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
                                               for k, v in value.items()):
         raise VariableError(f"{name} must be a mapping of names to strings, e.g. {{PYTHONPATH: /opt/site}}, "
                             f"got {_got(value)}")
     return {k: str(v) for k, v in value.items()}
+
+
+string_map = _typed("dict", _string_map)
 
 
 # The flags the bench_client and flexgen_bench roles put on the command line themselves (their vars/main.yml).

@@ -115,3 +115,37 @@ def test_every_bad_variable_is_named_at_once_and_a_hosts_own_value_names_the_hos
 def test_the_server_ports_must_fit_below_65536():
     with pytest.raises(PlanError, match="server 1 of a host would listen on port 65536"):
         make_plan(config(server_port_base=65535))
+
+
+def _argument_spec_options() -> dict[str, list[tuple[str, dict]]]:
+    """Every role's documented options: name -> [(role, option spec)]."""
+    import yaml
+
+    found: dict[str, list[tuple[str, dict]]] = {}
+    for path in sorted((ROOT / "roles").glob("*/meta/argument_specs.yml")):
+        for entry in (yaml.safe_load(path.read_text()).get("argument_specs") or {}).values():
+            for name, option in (entry.get("options") or {}).items():
+                found.setdefault(name, []).append((path.parts[-3], option))
+    return found
+
+
+def test_the_checks_agree_with_the_roles_argument_specs():
+    """The plan's table and meta/argument_specs.yml (what Ansible checks when a role starts, too late
+    to refuse before any host changes) say the same type and choices; 'raw' takes anything."""
+    options = _argument_spec_options()
+    for name, spec in variables.VARIABLES.items():
+        for role, option in options.get(name, []):
+            kind = option.get("type", "str")
+            if kind == "raw":
+                continue
+            assert {"path": "str"}.get(kind, kind) == spec.check.kind, (name, role, kind, spec.check.kind)
+            if option.get("choices"):  # roles/netbench documents netbench_runtime without (the plan says which)
+                assert tuple(option["choices"]) == spec.check.choices, (name, role)
+
+
+def test_every_checked_variable_is_read_somewhere():
+    """No entry for a variable nothing reads (the table would promise a check of nothing)."""
+    text = "".join(p.read_text() for pattern in ("roles/**/*.yml", "playbooks/**/*.yml", "site.yml", "inventory/**/*.yml")
+                   for p in ROOT.glob(pattern))
+    unread = [name for name in variables.VARIABLES if not re.search(rf"\b{name}\b", text)]
+    assert not unread, unread
