@@ -202,18 +202,25 @@ class ResultsWriter:
     def prepare(self) -> None:
         for path in (self.tsv, self.metadata):
             repair_tail(path)
-        self._drop_row_without_record()
+        self._drop_record_without_row()
 
-    def _drop_row_without_record(self) -> None:
-        """A process killed between the two writes of a pair left the TSV one row ahead of its JSONL: that
-        row's measurement is described nowhere, so it is dropped and measured again."""
-        rows = read_tsv(self.tsv)
-        if len(rows) == sum(1 for m in read_metadata(self.metadata) if m.get("status") == "ok") + 1:
-            data = self.tsv.read_bytes()
-            os.truncate(self.tsv, data.rstrip(b"\n").rfind(b"\n") + 1)
+    def _drop_record_without_row(self) -> None:
+        """A process killed between the two writes of a pair (the record first, then the row) left the JSONL
+        one measured record ahead of the TSV, as its last line: that record describes a row that was never
+        written, so it goes and the configuration is measured again. Anything else (a TSV without its
+        JSONL, records missing in the middle) is left for check_identity to refuse."""
+        if not self.metadata.exists():
+            return
+        lines = self.metadata.read_bytes().splitlines(keepends=True)
+        records = read_metadata(self.metadata)
+        ok = sum(1 for m in records if m.get("status") == "ok")
+        if lines and records and records[-1].get("status") == "ok" and ok == len(read_tsv(self.tsv)) + 1:
+            os.truncate(self.metadata, self.metadata.stat().st_size - len(lines[-1]))
 
     def append(self, row: TsvRow, metadata: dict) -> None:
-        append_lines([(self.tsv, row.format()), (self.metadata, self._record(metadata))])
+        # the record first: a kill between the two leaves a record whose row is missing, which prepare()
+        # recognises; a TSV row without its record could not be told from a TSV that never had metadata
+        append_lines([(self.metadata, self._record(metadata)), (self.tsv, row.format())])
 
     def append_metadata(self, metadata: dict) -> None:
         append_lines([(self.metadata, self._record(metadata))])

@@ -5,6 +5,7 @@ of a few pages) and a row left without its record by a kill between the two writ
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -52,8 +53,9 @@ def test_a_full_disk_writes_neither_line_and_the_rerun_resumes(small_fs: Path):
     append_line(jsonl, frame.replace('""', '"' + "x" * (PAGE - jsonl.stat().st_size - len(frame)) + '"'))
     assert jsonl.stat().st_size == PAGE
     filler = _fill(small_fs)
-    with pytest.raises(ResultsFileError, match=r"No space left on device.*neither .*out.tsv.* nor .*out.jsonl"):
+    with pytest.raises(ResultsFileError, match=r"cannot write the row \(No space left on device\): neither ") as err:
         writer.append(*_row(32))
+    assert "out.tsv" in str(err.value) and "out.jsonl" in str(err.value) and "rerun, it resumes here" in str(err.value)
     assert [r.prompt_length for r in read_tsv(small_fs / "out.tsv")] == [16]
     filler.unlink()  # space again: the rerun resumes where the run stopped
     again = ResultsWriter(small_fs / "out.tsv")
@@ -64,13 +66,22 @@ def test_a_full_disk_writes_neither_line_and_the_rerun_resumes(small_fs: Path):
     assert [m["prompt_length"] for m in read_metadata(small_fs / "out.jsonl") if m.get("status") == "ok"] == [16, 32]
 
 
-def test_a_row_left_without_its_record_is_measured_again(tmp_path: Path):
-    """Killed between the two writes: the TSV has one row more than the JSONL has records. The rerun
-    drops that row (what it measured is not described anywhere) and measures it again."""
+def test_a_record_left_without_its_row_is_measured_again(tmp_path: Path):
+    """Killed between the two writes: the JSONL ends with a measured record whose TSV row was never
+    written. The rerun drops that record and measures the configuration again; a TSV without any
+    metadata is still refused, never cut."""
     writer = ResultsWriter(tmp_path / "out.tsv")
     writer.append(*_row(16))
-    append_line(tmp_path / "out.tsv", _row(32)[0].format())  # the TSV half of the next pair
+    append_line(tmp_path / "out.jsonl", json.dumps({**_row(32)[1], "schema": 1}) + "\n")  # the first half of a pair
     again = ResultsWriter(tmp_path / "out.tsv")
     again.prepare()
     again.check_identity({"model": "netbench/tiny"})
+    assert [m["prompt_length"] for m in read_metadata(tmp_path / "out.jsonl")] == [16]
     assert [r.prompt_length for r in read_tsv(tmp_path / "out.tsv")] == [16]
+    bare = tmp_path / "bare.tsv"
+    bare.write_text(_row(16)[0].format())
+    seed = ResultsWriter(bare)
+    seed.prepare()
+    with pytest.raises(ResultsFileError, match="has 1 rows but"):
+        seed.check_identity({})
+    assert bare.read_text() == _row(16)[0].format()
