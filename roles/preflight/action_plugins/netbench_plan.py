@@ -38,10 +38,9 @@ class ActionModule(ActionBase):
         # hold no role defaults, which are ours), templated as the roles will see it
         hostvars = (task_vars or {}).get("hostvars") or {}
         hosts = (task_vars or {}).get("ansible_play_hosts") or []
-        self._task.args["variables"] = {host: {name: hostvars[host][name] for name in VARIABLES if name in hostvars[host]}
-                                        for host in hosts}
+        variables = {host: {name: hostvars[host][name] for name in VARIABLES if name in hostvars[host]} for host in hosts}
         # plain JSON types, exactly what the command line would parse (templated args may be tagged)
-        config = json.loads(json.dumps(self._task.args, cls=AnsibleJSONEncoder))
+        config = json.loads(json.dumps({**self._task.args, "variables": variables}, cls=AnsibleJSONEncoder))
         # --ask-become-pass gives a become password that no variable shows: every host may become root
         if getattr(self._play_context, "become_pass", None):
             for host in (config.get("hosts") or {}).values():
