@@ -53,6 +53,7 @@ CASES = {
     "profile-name-newline": ({"profiles": [{"name": "wan\n", "delay": "10ms"}]}, None,
                              "profile name 'wan\\n' is used as a results folder"),
     "repeats-zero": ({"repeats": 0}, None, "repeats must be at least 1, got 0"),
+    "unknown-dtype": ({"dtype": "float8"}, None, "unknown dtype 'float8'; choose one of"),
     "boolean-typo": ({"flexgen_bench_search": "ture"}, None, "flexgen_bench_search must be true or false"),
     "missing-group": ({}, "servers", "inventory group 'servers' is missing or empty"),
     "empty-group": ({}, "clients-empty", "inventory group 'clients' is missing or empty"),
