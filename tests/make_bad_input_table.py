@@ -107,12 +107,31 @@ def own_cli_cases() -> list[Case]:
         Case("petals-netbench (runner CLI)", "runner --run-id ../../x", "--run-id ../../../../tmp/x",
              "run_id '../../../../tmp/x' is used as a results folder", test,
              _cli("bench_client.orchestration.runner", ["--run-id", "../../../../tmp/x"])),
+        Case("petals-netbench (runner CLI)", "runner --run-id newline", "--run-id $'r1\\n'",
+             "run_id 'r1\\n' is used as a results folder", test,
+             _cli("bench_client.orchestration.runner", ["--run-id", "r1\n"])),
         Case("bench_client (client CLI)", "client --max-retries 0", "--max-retries 0",
              "argument --max-retries: must be >= 1, got 0", test,
              _cli("bench_client", ["--initial_peers", "/ip4/127.0.0.1/tcp/9/p2p/"
                                    "12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9", "--prefix", "netbench/tiny",
                                    "--output", "{tmp}/out.tsv", "--max-retries", "0"])),
     ]
+
+
+def variable_cases() -> list[Case]:
+    """A bad value of every variable the pre-flight checks (bench_client.orchestration.variables), through the
+    plan's command line with the plan input of tests/unit/test_plan.py (one host 'a')."""
+    import json
+
+    import test_plan
+    from bench_client.orchestration.variables import VARIABLES
+
+    test = "test_variables.py::test_a_bad_value_of_each_variable_is_refused_naming_it"
+    return [Case("Pre-flight: every -e variable (python -m bench_client.orchestration.plan)", f"variable {name}",
+                 f"-e '{json.dumps({name: spec.bad})}'", f"error: {name}", test,
+                 _cli("bench_client.orchestration.plan",
+                      ["--json", json.dumps(test_plan.config(variables={"a": {name: spec.bad}}))]))
+            for name, spec in VARIABLES.items()]
 
 
 def run_safety_cases() -> list[Case]:
@@ -253,7 +272,7 @@ def firewall_cases() -> list[Case]:
 
 
 def all_cases(ansible: bool = True) -> list[Case]:
-    cases = engine_cases() + flexgen_cases() + own_cli_cases() + report_cases()
+    cases = engine_cases() + flexgen_cases() + own_cli_cases() + variable_cases() + report_cases()
     if ansible:  # root: Ansible, namespaces, chattr
         cases += run_safety_cases() + lab_cases() + preflight_cases() + workdir_cases() + firewall_cases()
     return cases

@@ -304,6 +304,8 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
         healthy = True
     except WorkerError as exc:
         fail(f"client processes could not start: {exc}", EXIT_MEASUREMENT_FAILED)
+    except ResultsFileError as exc:  # a row that could not be written (a full disk): its pair is undone
+        fail(str(exc), EXIT_MEASUREMENT_FAILED)
     finally:
         if pool is not None:
             pools.release(pool, healthy)

@@ -122,12 +122,12 @@ def get_model(name: str) -> ModelSpec:
     raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
 
 
-_PREFIX_FORBIDDEN = re.compile(r"[. ]")  # petals' UID_DELIMITER and CHAIN_DELIMITER
+_PREFIX_FORBIDDEN = re.compile(r"[.\s]")  # petals' UID_DELIMITER and CHAIN_DELIMITER, and any other blank
 
 
 def validate_dht_prefix(prefix: str) -> str:
     if not prefix or _PREFIX_FORBIDDEN.search(prefix):
-        raise ValueError(f"DHT prefix {prefix!r} may not be empty or contain '.' or ' ' (OPT-6.7B uses 'opt6b')")
+        raise ValueError(f"DHT prefix {prefix!r} may not be empty or contain '.' or whitespace (OPT-6.7B uses 'opt6b')")
     return prefix
 
 

@@ -7,6 +7,11 @@ checkout (a host that got the harness as a wheel, a container, a GPU host given 
     NETBENCH_LAUNCHER    ansible | local_swarm (unset: the client was started by hand, "client")
     NETBENCH_GIT_COMMIT  the commit the launcher runs (unset: asked of git in this package's checkout)
     NETBENCH_GIT_DIRTY   true | false (or 1 | 0, yes | no): tracked files differ from that commit
+
+git is asked only where its top level is this project's root: a copy of the tree inside another
+repository (a tarball unpacked in a lab's repo, a vendored copy, a wheel in a checkout's .venv) would
+otherwise record that repository's commit. Where neither the launcher nor git knows, the row carries
+the code digest instead. ``source`` says which of the three it is: launcher | git | code_hash.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ DIRTY_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False,
 
 
 def _git(*args: str) -> str | None:
+    """git's answer about PROJECT_DIR, or None (no git, not a repository, or another project's)."""
     try:
         done = subprocess.run(["git", "-C", str(PROJECT_DIR), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -32,20 +38,27 @@ def _git(*args: str) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+def own_checkout() -> bool:
+    """Is PROJECT_DIR the top level of a git work tree (not a folder inside another repository)?"""
+    top = _git("rev-parse", "--show-toplevel")
+    return top is not None and Path(top.strip()).resolve() == PROJECT_DIR.resolve()
+
+
 def git_state() -> dict[str, Any]:
-    """``{"commit", "dirty"}`` of this project: the launcher's word (environment) first, then git;
-    ``None`` where neither knows (a wheel install started by hand)."""
+    """``{"commit", "dirty", "source"}`` of this project: the launcher's word (environment) first, then
+    git where this package's checkout is its own repository; else no commit and the code digest
+    (``source: code_hash``, ``code_hash``): a wheel install started by hand, a copy in another repo."""
     commit = os.environ.get(COMMIT_ENV) or None
     if commit:
         dirty_text = os.environ.get(DIRTY_ENV, "").strip().lower()
         # anything else is "not known" rather than a guess
-        return {"commit": commit, "dirty": DIRTY_WORDS.get(dirty_text)}
-    head = _git("rev-parse", "HEAD")
+        return {"commit": commit, "dirty": DIRTY_WORDS.get(dirty_text), "source": "launcher"}
+    head = _git("rev-parse", "HEAD") if own_checkout() else None
     if head is None:
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "dirty": None, "source": "code_hash", "code_hash": code_hash()}
     # untracked files (wheels, results) are not the code that ran; modified tracked files are
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": head.strip(), "dirty": None if status is None else bool(status.strip())}
+    return {"commit": head.strip(), "dirty": None if status is None else bool(status.strip()), "source": "git"}
 
 
 def code_hash() -> str:

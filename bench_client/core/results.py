@@ -122,10 +122,36 @@ def append_line(path: Path, line: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
+        data = line.encode()
+        while data:  # a short write (a nearly full disk) is not the whole line
+            data = data[os.write(fd, data):]
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def append_lines(lines: list[tuple[Path, str]]) -> None:
+    """Append each line to its file, all of them or none: on a failed write (a full disk, a quota) every
+    file is cut back to its size before (truncating needs no space), so a TSV row never stands without
+    its JSONL record and the rerun resumes from where the run stopped."""
+    sizes = [(path, _size(path)) for path, _ in lines]
+    try:
+        for path, line in lines:
+            append_line(path, line)
+    except OSError as exc:
+        for path, size in sizes:
+            if path.exists():
+                os.truncate(path, size)
+        names = " nor ".join(str(path) for path, _ in lines)
+        raise ResultsFileError(f"cannot write the row ({exc.strerror}): neither {names} was changed; free the "
+                               "space and rerun, it resumes here") from None
 
 
 class ResultsWriter:
@@ -176,14 +202,31 @@ class ResultsWriter:
     def prepare(self) -> None:
         for path in (self.tsv, self.metadata):
             repair_tail(path)
+        self._drop_record_without_row()
+
+    def _drop_record_without_row(self) -> None:
+        """A process killed between the two writes of a pair (the record first, then the row) left the JSONL
+        one measured record ahead of the TSV, as its last line: that record describes a row that was never
+        written, so it goes and the configuration is measured again. Anything else (a TSV without its
+        JSONL, records missing in the middle) is left for check_identity to refuse."""
+        if not self.metadata.exists():
+            return
+        lines = self.metadata.read_bytes().splitlines(keepends=True)
+        records = read_metadata(self.metadata)
+        ok = sum(1 for m in records if m.get("status") == "ok")
+        if lines and records and records[-1].get("status") == "ok" and ok == len(read_tsv(self.tsv)) + 1:
+            os.truncate(self.metadata, self.metadata.stat().st_size - len(lines[-1]))
 
     def append(self, row: TsvRow, metadata: dict) -> None:
-        append_line(self.tsv, row.format())
-        self.append_metadata(metadata)
+        # the record first: a kill between the two leaves a record whose row is missing, which prepare()
+        # recognises; a TSV row without its record could not be told from a TSV that never had metadata
+        append_lines([(self.metadata, self._record(metadata)), (self.tsv, row.format())])
 
     def append_metadata(self, metadata: dict) -> None:
-        append_line(self.metadata, json.dumps({"schema": SCHEMA_VERSION, **metadata, **self.provenance},
-                                                sort_keys=True) + "\n")
+        append_lines([(self.metadata, self._record(metadata))])
+
+    def _record(self, metadata: dict) -> str:
+        return json.dumps({"schema": SCHEMA_VERSION, **metadata, **self.provenance}, sort_keys=True) + "\n"
 
 
 def read_metadata(path: str | Path) -> list[dict]:

@@ -109,7 +109,11 @@ def parse_rate_bit(value: Any) -> int:
         raise ProfileError(
             f"rate: expected a tc rate with a unit such as 100mbit or 1gbit (mbps means MBytes/s), got {value!r}"
         )
-    return round(float(m.group(1)) * _RATE_UNITS[m.group(2)])
+    rate = round(float(m.group(1)) * _RATE_UNITS[m.group(2)])
+    if rate < 1:  # Profile.rate_bit 0 means "no rate limit": a zero written down cannot mean that
+        raise ProfileError(f"rate: {value!r} is no rate at all (0 bit/s would be applied as no rate limit); "
+                           "leave rate out for an unlimited link or give one such as 100mbit")
+    return rate
 
 
 def parse_loss_pct(value: Any) -> float:
@@ -125,11 +129,11 @@ def parse_loss_pct(value: Any) -> float:
 
 def parse_limit(value: Any) -> int:
     """A queue length in packets (netem's `limit`)."""
-    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", str(value).strip()):
+    if isinstance(value, bool) or not re.fullmatch(r"-?[0-9]+", str(value).strip()):
         raise ProfileError(f"limit: expected a number of packets, got {value!r}")
     limit = int(str(value).strip())
-    if limit < 1:
-        raise ProfileError("limit: must be at least 1 packet")
+    if limit < 1:  # netem would drop every packet (0) or tc refuse it (negative)
+        raise ProfileError(f"limit: must be at least 1 packet, got {limit}")
     return limit
 
 

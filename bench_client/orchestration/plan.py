@@ -26,13 +26,15 @@ from typing import Any
 
 from bench_client.netem import profiles as netem
 from bench_client.core import provenance
+from bench_client.orchestration import variables
 from bench_client.core.models import WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
-from bench_client.core.sweep import TOKEN_SWEEP_PROMPT_LENGTH, WARMUPS, attention_cache_tokens, parse_token_sweep
+from bench_client.core.sweep import TOKEN_SWEEP_PROMPT_LENGTH, attention_cache_tokens, parse_token_sweep
 
 GROUPS = ("dht", "servers", "clients")
 RUNTIMES = ("process", "docker")
 DEVICES = ("cpu", "cuda")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# a folder name: always fullmatch (a "$" anchor matches before a final newline, so "run\n" would pass)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 GB = 1e9
 # The paper's swarm has 4 GPUs; with fewer GPUs in the inventory each one runs several servers, as
 # `local_swarm --servers 4` emulates the 4-server swarm on one GPU.
@@ -99,6 +101,9 @@ class HostInfo:
     become_password: bool = False
     firewall: bool = False
     workdir_writable: bool = True  # the work directory exists, or the login user may create it
+    # each GPU's UUID (nvidia-smi), in the order of gpus_mib: which GPUs are one, whatever the machine id
+    # (cloned images share /etc/machine-id; a lab's namespaces see the same GPUs); () where not probed
+    gpus_uuid: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any]) -> HostInfo:
@@ -117,7 +122,8 @@ class HostInfo:
                    netem_module=data.get("netem_module") or None, uid=int(data.get("uid") or 0),
                    user=str(data.get("user") or "root"), sudo=_flag(data.get("sudo")),
                    become_password=_flag(data.get("become_password")), firewall=_flag(data.get("firewall")),
-                   workdir_writable=_flag(data.get("workdir_writable", True)))
+                   workdir_writable=_flag(data.get("workdir_writable", True)),
+                   gpus_uuid=tuple(str(u) for u in data.get("gpus_uuid") or ()))
 
     def server_count(self, inventory_gpus: int) -> int:
         """Servers on this host. On CUDA: netbench_servers_per_host if set, else netbench_servers_per_gpu
@@ -232,7 +238,7 @@ def parse_profiles(value: Any) -> list[dict[str, Any]]:
     result, seen = [], set()
     for item in value:
         profile = resolve_profile(item)
-        if not _SAFE_NAME.match(profile["name"]):
+        if not _SAFE_NAME.fullmatch(profile["name"]):
             raise PlanError(f"profile name {profile['name']!r} is used as a results folder: use letters, digits, '.', '_' or '-'")
         if profile["name"] in seen:
             raise PlanError(f"profile {profile['name']!r} is listed twice; give each profile its own name")
@@ -241,63 +247,33 @@ def parse_profiles(value: Any) -> list[dict[str, Any]]:
     return result
 
 
-# The bench_client role's variables the pre-flight checks and converts: name -> smallest allowed value.
-BENCH_INTS = {"batch_size": 1, "num_micro_batches": 1, "num_processes": 1, "new_tokens": 0, "timeout": 1,
-              "poll_seconds": 1}
+# The bench_client role's sweep settings the role takes from the plan (netbench_plan.bench) where the user set them.
+BENCH_SWEEP = ("batch_size", "num_micro_batches", "num_processes", "prompt_lengths", "new_tokens", "token_sweep",
+               "extra_args", "warmup")
 
 
-def _whole_number(name: str, value: Any, minimum: int) -> int:
-    """An int from an int or a string of digits (extra vars arrive as strings); never a bool or 1.5."""
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PlanError(f"bench_client_{name} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise PlanError(f"bench_client_{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _int_list(name: str, value: Any, minimum: int) -> list[int]:
-    """A list of ints from a list, one number (-e bench_client_prompt_lengths=512), '256,512' or a JSON list."""
-    if isinstance(value, str):
-        text = value.strip()
+def check_variables(by_host: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every -e variable the user set, per host (``{host: {name: value}}``, bench_client.orchestration.variables
+    knows each one's type and range) -> the converted values per host. One PlanError names every bad
+    variable; a problem every host has (an extra var) is named once, without its hosts."""
+    checked: dict[str, dict[str, Any]] = {}
+    problems: dict[str, list[str]] = {}
+    for host, values in by_host.items():
         try:
-            value = json.loads(text) if text.startswith("[") else [item for item in text.split(",") if item.strip()]
-        except ValueError:
-            raise PlanError(f"bench_client_{name} {text!r} is not a list; pass e.g. [256, 512] or 256,512") from None
-    elif isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise PlanError(f"bench_client_{name} must be a non-empty list of whole numbers, got {value!r}")
-    return [_whole_number(name, item, minimum) for item in value]
-
-
-def check_bench(bench: dict[str, Any], model: str) -> dict[str, Any]:
-    """The bench_client_* variables the user set (None: the role's default), checked and converted so
-    the role runs exactly what was validated: no scalar spelled out digit by digit, no 1.5 or 'abc'."""
-    given = {k: v for k, v in bench.items() if v is not None}
-    unknown = sorted(set(given) - set(BENCH_INTS) - {"prompt_lengths", "token_sweep", "extra_args", "warmup"})
-    if unknown:
-        raise PlanError(f"unknown bench settings {unknown}")
-    checked: dict[str, Any] = {k: _whole_number(k, v, BENCH_INTS[k]) for k, v in given.items() if k in BENCH_INTS}
-    if "prompt_lengths" in given:
-        checked["prompt_lengths"] = _int_list("prompt_lengths", given["prompt_lengths"], 1)
-    if "token_sweep" in given:
-        try:
-            parse_token_sweep(str(given["token_sweep"]), model)
-        except ValueError as exc:
-            raise PlanError(f"bench_client_token_sweep: {exc}") from None
-        checked["token_sweep"] = str(given["token_sweep"])
-    if "warmup" in given:
-        if given["warmup"] not in WARMUPS:
-            raise PlanError(f"bench_client_warmup must be one of {', '.join(WARMUPS)}, got {given['warmup']!r}")
-        checked["warmup"] = given["warmup"]
-    if "extra_args" in given:
-        extra = given["extra_args"]
-        if not isinstance(extra, list) or not all(isinstance(a, (str, int, float)) for a in extra):
-            raise PlanError(f"bench_client_extra_args must be a list of flags, e.g. ['--seed', '1'], got {extra!r}")
-        checked["extra_args"] = [str(a) for a in extra]
+            checked[host] = variables.check_variables(values or {})
+        except variables.VariableError as exc:
+            for problem in exc.problems:
+                problems.setdefault(problem, []).append(host)
+    if problems:
+        raise PlanError("; ".join(problem if len(hosts) == len(by_host) else f"host {', '.join(hosts)}: {problem}"
+                                  for problem, hosts in problems.items()))
     return checked
+
+
+def bench_settings(checked: dict[str, Any]) -> dict[str, Any]:
+    """The client host's bench_client_* sweep settings the user set, checked and converted, by short name:
+    the role runs exactly what was validated (no scalar spelled out digit by digit, no 1.5 or 'abc')."""
+    return {name: checked[f"bench_client_{name}"] for name in BENCH_SWEEP if f"bench_client_{name}" in checked}
 
 
 def check_groups(groups: dict[str, list[str]]) -> None:
@@ -321,10 +297,13 @@ def _gb(nbytes: float) -> str:
     return f"{nbytes / GB:.1f} GB"
 
 
-def physical_gpu(hosts: dict[str, HostInfo], host: str, gpu: int) -> tuple[str, int]:
-    """One GPU however many inventory hosts see it: the network namespaces of the emulated lab are
-    hosts of one machine (same /etc/machine-id) that all see its GPUs."""
-    return hosts[host].machine_id, gpu
+def physical_gpu(hosts: dict[str, HostInfo], host: str, gpu: int) -> tuple[str, int | str]:
+    """One GPU however many inventory hosts see it (the network namespaces of the emulated lab are hosts of
+    one machine that all see its GPUs): its UUID where the probe read one, else the machine and index."""
+    info = hosts[host]
+    if len(info.gpus_uuid) == len(info.gpus_mib) and info.gpus_uuid[gpu]:
+        return "uuid", info.gpus_uuid[gpu]
+    return info.machine_id, gpu
 
 
 def check_gpu_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[str, HostInfo],
@@ -406,13 +385,15 @@ def parse_systems(value: Any) -> list[str]:
     return list(dict.fromkeys(systems))
 def check_run_id(run_id: str) -> str:
     """A run id names a results folder (and the runner's artifacts): one plain path component."""
-    if not _SAFE_NAME.match(run_id) or run_id in (".", ".."):
+    if not _SAFE_NAME.fullmatch(run_id) or run_id in (".", ".."):
         raise PlanError(f"run_id {run_id!r} is used as a results folder: use letters, digits, '.', '_' or '-'")
     return run_id
 
 
 def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     """Validate ``config`` (see the module docstring) and return the plan, or raise PlanError."""
+    # every variable the user set, before anything that depends on it (-e repeats=0 once passed until the client)
+    checked = check_variables(config.get("variables") or {})
     try:
         model = get_model(str(config.get("model") or ""))
     except UnknownModelError as exc:
@@ -436,14 +417,14 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
 
     # the bench_client_* values the user set, checked and converted once: the workload that sizes the
     # servers' caches and the role's command line both use them
-    bench = check_bench(config.get("bench") or {}, model.name)
+    bench = bench_settings(checked.get(groups["clients"][0], {}))
     workload = resolve_workload({**(config.get("workload") or {}),
                                  **{k: v for k, v in bench.items() if k in DEFAULT_WORKLOAD}}, model.name)
     cache_override = _count(config.get("attn_cache_tokens"), "(all)", "petals_server_attn_cache_tokens")
     if cache_override:
         workload["attn_cache_tokens"] = cache_override
-    inventory_gpus = len({(info.machine_id, gpu) for info in server_hosts.values() if info.device == "cuda"
-                          for gpu in range(len(info.gpus_mib))})
+    inventory_gpus = len({physical_gpu(server_hosts, info.name, gpu) for info in server_hosts.values()
+                          if info.device == "cuda" for gpu in range(len(info.gpus_mib))})
     counts = {name: info.server_count(inventory_gpus) for name, info in server_hosts.items()}
     total = sum(counts.values())
     if total > model.layers:
@@ -452,6 +433,10 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
                         "spans would be empty; lower netbench_servers_per_host (or _per_gpu) or use fewer server hosts")
     spans = split_blocks(model.layers, total)
     port_base = int(config.get("server_port_base", 31400))
+    top = max(counts.values()) - 1
+    if port_base and port_base + top > 65535:
+        raise PlanError(f"netbench_server_port_base {port_base}: server {top} of a host would listen on port "
+                        f"{port_base + top}, above 65535; lower it (0: any free port)")
     servers, i = [], 0
     for host, count in counts.items():
         for index in range(count):

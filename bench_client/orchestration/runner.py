@@ -116,15 +116,16 @@ def failure_message(res: dict[str, Any]) -> str:
     parts = []
     msg = res.get("msg")
     if msg and msg != "non-zero return code":
-        parts.append(str(msg))
+        # a refusal's own message whole (the plan names every bad variable at once); output tails cut
+        parts.append(_first_line(str(msg), 8000))
     for key in ("stderr", "stdout"):
         text = (res.get(key) or "").strip()
         if text:
-            parts.append(f"{key}: " + " | ".join(text.splitlines()[-6:]))
+            parts.append(_first_line(f"{key}: " + " | ".join(text.splitlines()[-6:]), 1200))
             break
     if "rc" in res and not parts:
         parts.append(f"exit code {res['rc']}")
-    return _first_line(" ".join(parts), 1200) or "failed (no message)"
+    return " ".join(parts) or "failed (no message)"
 
 
 class ProgressPrinter:

@@ -269,6 +269,25 @@ def _resolve_model(name: str | None) -> tuple[str | None, ModelSpec | None]:
     return spec.name, spec
 
 
+def network_label(name: str | None, network: Any) -> str | None:
+    """The row's network as cells are keyed and labelled: a custom profile's name with the conditions the
+    netem role applied (the record's network.profile), so 'wan' at 10 ms and 'wan' at 100 ms are never one
+    cell. Paper profiles keep their names (the plan refuses a paper-* name with other values)."""
+    applied = network.get("profile") if isinstance(network, dict) else None
+    if not name or not isinstance(applied, dict) or name.startswith("paper-"):
+        return name
+    parts = [f"{applied.get('delay_ms') or 0:g} ms"]
+    if applied.get("jitter_ms"):
+        parts[0] += f" ± {applied['jitter_ms']:g} ms"
+    if applied.get("rate_mbit"):
+        parts.append(f"{applied['rate_mbit']:g} Mbit/s")
+    if applied.get("loss_pct"):
+        parts.append(f"{applied['loss_pct']:g} % loss")
+    if applied.get("limit"):
+        parts.append(f"limit {applied['limit']}")
+    return f"{name} ({', '.join(parts)})"
+
+
 def _row_from_record(base: ResultRow, record: dict, path: Path, line: int, defaults: Defaults) -> ResultRow:
     """Merge one JSONL record into its TSV row (or build a failed row), filling gaps from ``defaults``."""
     names = gpu_names(record.get("server_gpus"))
@@ -281,7 +300,7 @@ def _row_from_record(base: ResultRow, record: dict, path: Path, line: int, defau
         model=model,
         spec=spec,
         weight_dtype=record.get("weight_dtype") or defaults.weight_dtype,
-        network_profile=record.get("network_profile") or defaults.network_profile,
+        network_profile=network_label(record.get("network_profile") or defaults.network_profile, record.get("network")),
         num_gpus=num_gpus if num_gpus is not None else defaults.num_gpus,
         num_gpus_source=record.get("num_gpus_source") if num_gpus is not None else _flag_source(defaults),
         num_servers=_jsonl_optional_int(record, "num_servers", path, line),

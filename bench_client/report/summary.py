@@ -13,7 +13,7 @@ from statistics import median
 
 from bench_client.core.models import MODELS
 from bench_client.report.reference import PAPER_ANCHORS, PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
-from bench_client.report.table import Derived, fmt_number, natural_key
+from bench_client.report.table import Derived, fmt_number, gpus_label, natural_key
 
 _PROFILE = re.compile(r"(?:paper-)?(\d+(?:\.\d+)?)ms-(\d+(?:\.\d+)?)(g|m|k)bit", re.IGNORECASE)
 UNSHAPED = ("none", "", None)
@@ -112,7 +112,7 @@ def md_summary(summaries: list[Summary]) -> str:
              "|---|---|---|---|---|---|---|---:|---:|---:|"]
     for s in summaries:
         r = s.first.row
-        gpus = "?" if r.num_gpus is None else f"{r.num_gpus} × {r.gpu_name or 'unknown GPU'}"
+        gpus = gpus_label(r)
         lines.append(f"| {r.model} | {r.system} | {r.weight_dtype or 'unknown'} | "
                      f"{profile_label(r.network_profile, r.system)} | {gpus} | {r.batch_setting} | "
                      f"{r.prompt_length} / {r.new_tokens} | {fmt_spread(s.per_gpu, s.n)} | "
@@ -160,7 +160,9 @@ def md_paper_layout(summaries: list[Summary]) -> str:
                 continue
             r = s.first.row
             note = f"{r.batch_setting}" + (f", {r.weight_dtype}" if r.weight_dtype else "")
-            if r.num_servers and r.num_gpus and r.num_servers > r.num_gpus:
+            if r.per_server:  # the divisor counted servers: no GPU to be per
+                note += f", per server, {r.num_gpus} CPU servers (no GPU)"
+            elif r.num_servers and r.num_gpus and r.num_servers > r.num_gpus:
                 note += f", {r.num_servers} servers share {r.num_gpus} GPU{'s' if r.num_gpus > 1 else ''}"
             cells.append(f"{fmt_spread(s.per_gpu, s.n)}<br>{note}")
         anchor = PAPER_ANCHORS.get(model)

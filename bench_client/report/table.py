@@ -170,13 +170,18 @@ def _per_gpu_cell(d: Derived) -> str:
     return fmt_number(d.per_gpu_throughput)
 
 
-def _gpu_cell(d: Derived) -> str:
-    if d.row.num_gpus == 0:
+def gpus_label(row: ResultRow) -> str:
+    """What the row's divisor counted, never CPU servers called GPUs (every table and headline uses it)."""
+    if row.num_gpus == 0:
         return "0 (CPU servers)"
-    if d.row.per_server:
-        return f"0 ({d.row.num_gpus} servers without GPU)"
-    count = "?" if d.row.num_gpus is None else str(d.row.num_gpus)
-    return f"{count} × {d.row.gpu_name or 'unknown GPU'}"
+    if row.per_server:
+        return f"0 ({row.num_gpus} servers without GPU)"
+    count = "?" if row.num_gpus is None else str(row.num_gpus)
+    return f"{count} × {row.gpu_name or 'unknown GPU'}"
+
+
+def _gpu_cell(d: Derived) -> str:
+    return gpus_label(d.row)
 
 
 def _fraction_cell(d: Derived) -> str:

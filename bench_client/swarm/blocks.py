@@ -43,10 +43,13 @@ class ServerView:
 
     @property
     def gpu(self) -> str | None:
-        """'host/device: name' for servers started by bench_client.swarm.server, None for others."""
+        """'host/device: name' for servers started by bench_client.swarm.server, None for others; with the
+        GPU's UUID where the server announced one ('host/device@GPU-...: name'): servers pinned with
+        CUDA_VISIBLE_DEVICES all say cuda:0, cloned hosts one host name, and must still count apart."""
         parts = (self.public_name or "").split("|")
         if len(parts) >= 4 and parts[0] == "netbench":
-            return f"{parts[1]}/{parts[2]}: {parts[3]}"
+            uuid = f"@{parts[4]}" if len(parts) >= 5 and parts[4] else ""
+            return f"{parts[1]}/{parts[2]}{uuid}: {parts[3]}"
         return None
 
 
@@ -70,8 +73,12 @@ class SwarmView:
     @property
     def gpus(self) -> list[str]:
         """Distinct GPUs of online servers; several servers may share one GPU (emulated swarms)."""
-        gpus = {s.gpu for s in self.online_servers if s.gpu and not s.gpu.endswith(": cpu")}
-        return sorted(gpus)
+        gpus: dict[str, str] = {}  # one GPU: its UUID where announced, else host/device
+        for server in self.online_servers:
+            if server.gpu and not server.gpu.endswith(": cpu"):
+                where = server.gpu.split(": ", 1)[0]
+                gpus.setdefault(where.split("@", 1)[1] if "@" in where else where, server.gpu)
+        return sorted(gpus.values())
 
     def to_json(self) -> dict:
         data = asdict(self)

@@ -16,7 +16,8 @@ _PUBLIC_MARKERS = (
     "QmedTaZXmULqwspJXz44SsPZyTNKxhnnFvYRajfH7MGhCY",
     "QmQGTqmM7NKjV6ggU1ZCap8zWiyKR89RViDXiqehSiCpY5",
 )
-_MULTIADDR = re.compile(r"^/(ip4|ip6|dns|dns4|dns6)/[^/]+/tcp/\d+/p2p/\w+$")
+# fullmatch: a "$" anchor would let a final newline through (it matches before one)
+_MULTIADDR = re.compile(r"/(ip4|ip6|dns|dns4|dns6)/[^/\s]+/tcp/[0-9]+/p2p/[A-Za-z0-9]+")
 
 
 class PeerError(ValueError):
@@ -93,6 +94,6 @@ def resolve_initial_peers(peers: list[str] | None) -> list[str]:
     for peer in resolved:
         if any(marker in peer for marker in _PUBLIC_MARKERS):
             raise PeerError(f"{peer} is a public Petals bootstrap peer; this harness only joins private swarms")
-        if not _MULTIADDR.match(peer):
+        if not _MULTIADDR.fullmatch(peer):
             raise PeerError(f"{peer!r} is not a multiaddr like /ip4/10.0.0.1/tcp/31337/p2p/Qm...")
     return resolved

@@ -76,9 +76,21 @@ def device_name(device: str) -> str:
     return "cpu"
 
 
+def device_uuid(device: str) -> str:
+    """The GPU's own identity (nvidia-smi's GPU-<uuid>), '' on CPU: servers pinned with CUDA_VISIBLE_DEVICES
+    all see their GPU as cuda:0, and cloned hosts share a host name, so neither tells two GPUs apart."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return ""
+    # torch gives it without nvidia-smi's "GPU-" prefix (seen on the H200 host, torch 2.11)
+    uuid = str(getattr(torch.cuda.get_device_properties(torch.device(device)), "uuid", "") or "")
+    return uuid if not uuid or uuid.startswith("GPU-") else f"GPU-{uuid}"
+
+
 def default_public_name(device: str) -> str:
-    # '|' separated so the client can count GPUs per host from the DHT (petals shows it on its monitor page)
-    return f"{PUBLIC_NAME_PREFIX}|{socket.gethostname()}|{device}|{device_name(device)}"
+    # '|' separated so the client can count GPUs from the DHT (petals shows it on its monitor page)
+    return f"{PUBLIC_NAME_PREFIX}|{socket.gethostname()}|{device}|{device_name(device)}|{device_uuid(device)}"
 
 
 def resolve_device(requested: str | None) -> str:

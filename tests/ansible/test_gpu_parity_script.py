@@ -36,7 +36,8 @@ def test_parity_script_on_cpu(tmp_path):
     ansible_rows = read_metadata(out / "ansible" / "parity" / "none" / "out.jsonl")
     local_rows = read_metadata(out / "local_swarm" / "out.jsonl")
     assert [r["launcher"] for r in ansible_rows] == ["ansible"] and [r["launcher"] for r in local_rows] == ["local_swarm"]
-    assert ansible_rows[0]["git"] == local_rows[0]["git"] == git_state()
+    # parity.sh passes both launchers the checkout's commit: the rows say it is the launcher's word
+    assert ansible_rows[0]["git"] == local_rows[0]["git"] == {**git_state(), "source": "launcher"}
     assert ansible_rows[0]["per_gpu_throughput"] > 0 and local_rows[0]["per_gpu_throughput"] > 0
     log = (out / "ansible.log").read_text()
     # plain ansible-playbook shows the client's progress line instead of Ansible's retries...

@@ -29,7 +29,7 @@ CASES = {
     "shaping-on-local": ({"profiles": "paper-10ms-100mbit"}, None, "shaping is off on localhost"),
     # docker is implemented by the roles now (tests/isolated/test_site_docker_runtime.py runs it); a runtime without tasks
     # is refused too (tests/unit/test_plan.py::test_runtime_without_role_tasks)
-    "unknown-runtime": ({"netbench_runtime": "podman"}, None, "runtime 'podman' is not one of process, docker"),
+    "unknown-runtime": ({"netbench_runtime": "podman"}, None, "netbench_runtime must be one of process, docker, got 'podman'"),
     "unknown-system": ({"systems": "petals,vllm"}, None, "expected a comma-separated subset of petals, flexgen"),
     "flexgen-without-gpu": ({"systems": "petals,flexgen"}, None, "flexgen, which needs a CUDA GPU"),
     # custom profiles may not pass for the unshaped or the paper's rows
@@ -47,6 +47,14 @@ CASES = {
     "bench-prompt-zero": ({"bench_client_prompt_lengths": "512,0"}, None,
                           "bench_client_prompt_lengths must be at least 1, got 0"),
     "bench-token-sweep": ({"bench_client_token_sweep": "9:3"}, None, "bench_client_token_sweep: --token-sweep '9:3'"),
+    # values that cannot be meant: a zero rate was applied as "no rate limit"
+    "zero-rate": ({"profiles": [{"name": "wan", "delay": "10ms", "rate": "0mbit"}]}, None,
+                  "rate: '0mbit' is no rate at all"),
+    "profile-name-newline": ({"profiles": [{"name": "wan\n", "delay": "10ms"}]}, None,
+                             "profile name 'wan\\n' is used as a results folder"),
+    "repeats-zero": ({"repeats": 0}, None, "repeats must be at least 1, got 0"),
+    "unknown-dtype": ({"dtype": "float8"}, None, "unknown dtype 'float8'; choose one of"),
+    "boolean-typo": ({"flexgen_bench_search": "ture"}, None, "flexgen_bench_search must be true or false"),
     "missing-group": ({}, "servers", "inventory group 'servers' is missing or empty"),
     "empty-group": ({}, "clients-empty", "inventory group 'clients' is missing or empty"),
 }
@@ -177,3 +185,36 @@ def test_probe_names_one_machine_the_same_from_every_namespace_even_without_mach
     machine_id = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
     assert ids[0] == (machine_id or f"boot-{boot_id}")
     assert ids[1] == f"boot-{boot_id}"
+
+
+def test_every_variable_is_checked_in_the_preflight_before_any_host_changes(tmp_path):
+    """One real site.yml with a bad value of every variable the plan knows (bench_client.orchestration.variables):
+    the pre-flight refuses them all in one message, each by name, and nothing ran past it. One run, not
+    one per variable: the values reach the plan through the same hostvars whatever the variable."""
+    from bench_client.orchestration.variables import VARIABLES
+
+    bad = {name: spec.bad for name, spec in VARIABLES.items() if name != "results_dir"}  # results: where this test looks
+    out = io.StringIO()
+    result = run_experiment(inventory=ROOT / "inventory" / "local" / "hosts.yml", tags="provision", out=out,
+                            extravars={**bad, "results_dir": str(tmp_path / "results")})
+    assert result.rc != 0, out.getvalue()
+    assert all(f.task.startswith("preflight") for f in result.failures), result.failures
+    message = " ".join(f.message for f in result.failures)
+    unnamed = [name for name in bad if f"{name} " not in message and f"{name}:" not in message]
+    assert not unnamed, (unnamed, message)
+    assert not any(t.status == "changed" for t in result.timings)
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["results"]), list(tmp_path.iterdir())
+
+
+def test_an_existing_work_directory_keeps_its_mode(tmp_path):
+    """Provisioning chmod'ed whatever it was given to 0700: `-e netbench_workdir=/` locked / and /run, a
+    shared 0755 directory was locked to its owner. Only a directory it creates gets a mode (and / is
+    refused by the plan, test_variables). One run: the shared directory kept, the run/ made in it 0700."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    out = io.StringIO()
+    result = run_experiment(inventory=ROOT / "inventory" / "local" / "hosts.yml", tags="provision", out=out,
+                            extravars={"netbench_workdir": str(shared), "results_dir": str(tmp_path / "results")})
+    assert result.rc == 0, out.getvalue()
+    assert (shared.stat().st_mode & 0o777, (shared / "run").stat().st_mode & 0o777) == (0o755, 0o700)

@@ -130,6 +130,13 @@ def test_safety_floors_refuse_unless_forced(spec, problem):
     ({"jitter": "1ms"}, "jitter needs a delay"),
     ({"limit": 100}, "shapes nothing"),
     (["10ms"], "a name or a dict"),
+    # values that cannot be meant: a zero rate was applied as "no rate limit", a zero queue drops everything
+    ({"name": "wan", "delay": "10ms", "rate": "0mbit"}, r"rate: '0mbit' is no rate at all \(0 bit/s would be applied "
+                                                         r"as no rate limit\); leave rate out"),
+    ({"delay": "10ms", "rate": "0.0000001mbit"}, "is no rate at all"),  # rounds to 0 bit/s
+    ({"delay": "10ms", "rate": "0gbit"}, "is no rate at all"),
+    ({"delay": "10ms", "limit": 0}, "limit: must be at least 1 packet, got 0"),
+    ({"delay": "10ms", "limit": "-5"}, "limit: must be at least 1 packet, got -5"),
 ])
 def test_bad_profiles_are_refused_even_when_forced(spec, problem):
     with pytest.raises(netem.ProfileError, match=problem):

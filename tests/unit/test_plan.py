@@ -241,7 +241,12 @@ def test_a_paper_profile_spelled_out_with_its_own_values_keeps_its_name():
     ({"extra_args": ["--seed", 3]}, {"extra_args": ["--seed", "3"]}),
 ])
 def test_bench_settings_are_converted(bench, expected):
-    assert make_plan(config(bench=bench))["bench"] == expected
+    assert make_plan(config(variables=extra_vars(bench)))["bench"] == expected
+
+
+def extra_vars(bench: dict) -> dict:
+    """The plugin's input for host a: bench_client_<name> as the user set them (None: not set)."""
+    return {"a": {f"bench_client_{k}": v for k, v in bench.items()}}
 
 
 @pytest.mark.parametrize("bench, expected", [
@@ -256,7 +261,7 @@ def test_bench_settings_are_converted(bench, expected):
     ({"extra_args": "--seed 3"}, "bench_client_extra_args must be a list of flags"),
 ])
 def test_bad_bench_settings(bench, expected):
-    assert expected in refusal(bench=bench)
+    assert expected in refusal(variables=extra_vars(bench))
 
 
 def test_become_only_where_the_login_user_is_not_root_and_has_root_tasks():
@@ -287,3 +292,44 @@ def test_become_only_where_the_login_user_is_not_root_and_has_root_tasks():
     # a work directory the login user may not create (e.g. /var/lib/...) is created as root
     system_workdir = {**hosts, "c": {**hosts["c"], "sudo": True, "workdir_writable": "false"}}
     assert make_plan(config(hosts=system_workdir, groups=groups))["become"]["c"] is True
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    # "$" matches before a final newline: these passed as folder names
+    ({"run_id": "run\n"}, "run_id 'run\\n' is used as a results folder"),
+    ({"profiles": [{"name": "wan\n", "delay": "10ms"}]}, "profile name 'wan\\n' is used as a results folder"),
+])
+def test_names_with_a_trailing_newline_are_refused(overrides, expected):
+    hosts = {"a": {"servers": 2, "mem_kb": 16 * GIB_KB, "machine_id": "m1", "shaping": True}}
+    assert expected in refusal(hosts=hosts, **overrides)
+
+
+def test_names_are_anchored_at_the_true_end_everywhere():
+    """Every name pattern of the package refuses a trailing newline (the audit of issue 24, item 2)."""
+    from bench_client.core.models import validate_dht_prefix
+    from bench_client.orchestration.plan import check_run_id
+    from bench_client.swarm.peers import PeerError, resolve_initial_peers
+
+    peer = "/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9"
+    assert resolve_initial_peers([peer]) == [peer]
+    with pytest.raises(PeerError, match="is not a multiaddr"):
+        resolve_initial_peers([peer + "\n"])
+    assert check_run_id("r1") == "r1"
+    with pytest.raises(PlanError):
+        check_run_id("r1\n")
+    with pytest.raises(ValueError, match="whitespace"):
+        validate_dht_prefix("opt6b\n")
+
+
+def test_gpus_are_told_apart_by_their_uuids_not_the_machine_id():
+    """Cloned images: two GPU hosts with one /etc/machine-id were planned as one GPU (per-GPU numbers
+    doubled). The probe's GPU UUIDs say which GPUs are one: the lab's namespaces see the same UUID."""
+    hosts = {h: {"device": "cuda", "gpus_mib": [H200_MIB], "gpus_uuid": [f"GPU-{h}"], "mem_kb": 128 * GIB_KB,
+                 "machine_id": "cloned", "servers": 2} for h in ("g1", "g2")}
+    groups = {"dht": ["g1"], "servers": ["g1", "g2"], "clients": ["g1"]}
+    plan = make_plan(config(model="facebook/opt-30b", workload=PAPER_WORKLOAD, hosts=hosts, groups=groups))
+    assert plan["num_gpus"] == 2
+    for h in hosts:  # namespaces of one machine, on different machine ids even: one GPU
+        hosts[h]["gpus_uuid"], hosts[h]["machine_id"] = ["GPU-same"], h
+    plan = make_plan(config(model="facebook/opt-30b", workload=PAPER_WORKLOAD, hosts=hosts, groups=groups))
+    assert plan["num_gpus"] == 1

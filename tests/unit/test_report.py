@@ -500,3 +500,40 @@ def test_flags_are_checked(results_dir: Path, capsys):
         assert exc.value.code == 2
         assert message in capsys.readouterr().err
     assert not (results_dir / "report").exists()
+
+
+def _custom_wan(delay_ms: float, run_id: str) -> list[dict]:
+    network = {"profile": {"name": "wan", "delay_ms": delay_ms, "jitter_ms": 0.0, "rate_mbit": 100.0, "loss_pct": 0.0,
+                           "limit": 1000}, "hosts": {}}
+    return [{**r, "network": network} for r in sweep("wan", delay_ms / 10, run_id=run_id)]
+
+
+def test_one_profile_name_at_two_network_conditions_is_never_merged(tmp_path: Path, capsys):
+    """Two runs of a custom profile 'wan', at 10 ms and at 100 ms: one median (n=2) and a compare delta
+    of 0 before; the cells are keyed by the conditions applied (the row's network.profile)."""
+    from bench_client.report.cli import main as report_main
+
+    root = tmp_path / "results"
+    write_run(root / "r10" / "wan", _custom_wan(10, "r10"))
+    write_run(root / "r100" / "wan", _custom_wan(100, "r100"))
+    assert run_report(root, "--out", tmp_path / "report") == 0
+    labels = {row["network_profile"] for row in read_csv(tmp_path / "report" / "rows.csv")}
+    assert labels == {"wan (10 ms, 100 Mbit/s, limit 1000)", "wan (100 ms, 100 Mbit/s, limit 1000)"}, labels
+    assert "(n=2)" not in (tmp_path / "report" / "table17.md").read_text()
+    capsys.readouterr()
+    assert report_main(["--compare", str(root / "r10"), str(root / "r100"), "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "No configuration was measured in both runs." in text, text
+    assert "Only in r10: " in text and "wan (10 ms, 100 Mbit/s, limit 1000)" in text
+
+
+def test_the_headline_never_calls_cpu_servers_gpus(tmp_path: Path):
+    """A CPU swarm's divisor counts servers (dht-servers): Table 17's headline cell and the medians gave its
+    numbers as per-GPU on "2 × unknown GPU"."""
+    write_run(tmp_path / "r" / "none", sweep("none", 1.0, model="facebook/opt-30b", num_gpus=2, gpus=(),
+                                             source="dht-servers", dtype="float32"))
+    assert run_report(tmp_path / "r", "--out", tmp_path / "o") == 0
+    md = (tmp_path / "o" / "table17.md").read_text()
+    assert "unknown GPU" not in md, md
+    headline = next(line for line in md.splitlines() if line.startswith("| facebook/opt-30b |"))
+    assert "per server, 2 CPU servers (no GPU)" in headline, headline

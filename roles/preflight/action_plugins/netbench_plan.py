@@ -3,6 +3,8 @@
 The one bridge from the roles to the package on the controller: the task's arguments are the plan
 input (the dict ``python -m bench_client.orchestration.plan --json`` takes), the result's ``plan`` is
 the plan (JSON in, JSON out), and a refusal fails the task with the plan's own one-line message.
+It adds ``variables``: each play host's value of every variable bench_client.orchestration.variables
+checks, where the user set one.
 An action plugin runs in ansible-playbook's process, on no host, so bench_client must be importable
 there (bench_client/install.sh installs the controller so).
 """
@@ -30,8 +32,15 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(
                 f"bench_client is not importable by ansible-playbook's Python ({sys.executable}): {exc}; "
                 "install the controller (bash bench_client/install.sh) or put the checkout on PYTHONPATH") from exc
+        from bench_client.orchestration.variables import VARIABLES
+
+        # every -e variable the plan knows that the user set for a host (extra vars, inventory; hostvars
+        # hold no role defaults, which are ours), templated as the roles will see it
+        hostvars = (task_vars or {}).get("hostvars") or {}
+        hosts = (task_vars or {}).get("ansible_play_hosts") or []
+        variables = {host: {name: hostvars[host][name] for name in VARIABLES if name in hostvars[host]} for host in hosts}
         # plain JSON types, exactly what the command line would parse (templated args may be tagged)
-        config = json.loads(json.dumps(self._task.args, cls=AnsibleJSONEncoder))
+        config = json.loads(json.dumps({**self._task.args, "variables": variables}, cls=AnsibleJSONEncoder))
         # --ask-become-pass gives a become password that no variable shows: every host may become root
         if getattr(self._play_context, "become_pass", None):
             for host in (config.get("hosts") or {}).values():
