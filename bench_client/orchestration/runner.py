@@ -180,6 +180,21 @@ class ProgressPrinter:
         return True
 
 
+def keep_output(runner, run_dir: Path) -> Path | None:
+    """ansible-playbook's own output of this invocation, beside the hosts' logs: results/<run_id>/logs/
+    ansible-<ident>.log. Only where the run has a results folder already (a refused pre-flight gets none)."""
+    if not run_dir.is_dir():
+        return None
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    target = logs / f"ansible-{Path(runner.config.artifact_dir).name}.log"
+    try:
+        shutil.copyfile(Path(runner.config.artifact_dir) / "stdout", target)
+    except OSError:
+        return None
+    return target
+
+
 def run_experiment(
     inventory: str | Path | None = None,
     model: str | None = None,
@@ -249,6 +264,7 @@ def run_experiment(
             quiet=True,
         )
         stdout_text = runner.stdout.read() if runner.rc != 0 else ""
+        keep_output(runner, results_root / run_id)
     finally:
         shutil.rmtree(private, ignore_errors=True)
     wall = time.monotonic() - started

@@ -112,6 +112,11 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         client = sum(s for p, s in summary["phases"] if p == "client")
         assert summary["measured_s"] <= client <= summary["wall_s"]
 
+        # every host's logs came home beside the rows, with ansible-playbook's own output
+        logs = run.results_dir / "logs"
+        assert {"dht.log", "server0.log", "server1.log", "client-session.log"} <= {p.name for p in (logs / "localhost").iterdir()}
+        assert "session: job" in (logs / "localhost" / "client-session.log").read_text()
+        assert any("PLAY RECAP" in p.read_text() for p in logs.glob("ansible-*.log"))
         pidfiles = sorted(p.name for p in (workdir / "run").glob("*.pid"))
         assert pidfiles == ["dht.pid", "server0.pid", "server1.pid"]  # the client and swarm-wait left none
         records = [Record.load(workdir / "run" / name) for name in pidfiles]
@@ -196,10 +201,17 @@ def test_swarm_wait_times_out_naming_the_missing_blocks(tmp_path):
                                                                      "container_gpus": "", "port": 0}]},
                              tags="provision,swarm", out=out)
         assert run.rc != 0
-        [failure] = run.failures
+        # the role's failure, rescued to bring the hosts' logs home, then the play's, which points at them
+        failure, rethrown = run.failures[0], run.failures[-1]
+        assert len(run.failures) == 2, run.failures
         assert failure.task == "petals_server : Fail naming the missing blocks"
         assert "blocks 2:4 of netbench/tiny" in failure.message and "served by no online server" in failure.message
         assert "FAILED localhost | petals_server : Fail naming the missing blocks" in out.getvalue()  # streamed
+        logs = run.results_dir / "logs"
+        assert rethrown.task == "Fail as the wait did" and "blocks 2:4" in rethrown.message and str(logs) in rethrown.message
+        assert {"dht.log", "server0.log"} <= {p.name for p in (logs / "localhost").iterdir()}
+        assert (logs / "localhost" / "server0.log").stat().st_size > 0
+        assert list(logs.glob("ansible-*.log")), "the controller's own output is kept beside the hosts' logs"
     finally:
         assert run_experiment(extravars=common, tags="cleanup", out=io.StringIO()).ok
 
