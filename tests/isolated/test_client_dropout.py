@@ -13,7 +13,7 @@ Why it matters: the client ran as an async task polled by Ansible's own `poll:`,
 connection as a network bounce and retries until the async timeout, silently, servers shaped; hence
 roles/bench_client/tasks/wait.yml (async_status + until).
 
-Wall time here (2 cores): ~3 minutes (170 s).
+Wall time here (2 cores, shared): ~2.5 minutes (150 s; 205-215 s with ansible.cfg's keepalive, below).
 """
 
 from __future__ import annotations
@@ -42,8 +42,13 @@ PROMPT_LENGTHS = [16, 32, 48, 64, 96, 128, 192, 256]
 SWEEP = {"bench_client_prompt_lengths": PROMPT_LENGTHS, "bench_client_new_tokens": 32,
          "bench_client_num_processes": 1, "bench_client_num_micro_batches": 2,
          "netem_iperf_seconds": 2, "netem_iperf_omit_seconds": 1, "netem_ping_count": 3}
-# ansible.cfg: ServerAliveInterval=15 x ServerAliveCountMax=4 (the inventory's own 5 x 3 comes later on
-# ssh's command line, and ssh takes an option's first value): ~60-75 s, plus a poll of 5 s.
+# How soon the controller hears the silence is ssh's keepalive. ansible.cfg's ssh_args (ServerAliveInterval=15
+# x ServerAliveCountMax=4, for rented hosts) come first on ssh's command line, and ssh takes an option's first
+# value, so they would override the lab inventory's own 5 x 3 (ansible_ssh_common_args): 60-75 s of silence
+# (measured: the play exited 79-80 s after the cut). The plays here get ansible.cfg's ssh_args without the
+# keepalive, so the lab's 5 x 3 holds: the same detection (ssh gives up, the host is UNREACHABLE, the
+# profile's always section unshapes), ~15-20 s after the cut.
+SSH_ARGS_WITHOUT_KEEPALIVE = "-o ControlMaster=auto -o ControlPersist=60s"
 PLAY_EXITS_WITHIN_S = 240
 SERVERS_UNSHAPED_WITHIN_S = 240
 
@@ -60,6 +65,7 @@ def site(lab_dir: Path, inventory: Path, *args: str) -> tuple[subprocess.Popen, 
     output goes to a file (a pipe nobody reads would fill up and stall the play: a false hang)."""
     log = lab_dir / f"play-{time.monotonic_ns()}.log"
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_SSH_ARGS": SSH_ARGS_WITHOUT_KEEPALIVE,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     argv = ["ip", "netns", "exec", netns_lab.controller_netns(PREFIX), str(Path(sys.executable).parent / "ansible-playbook"),
             "-i", str(inventory), "site.yml", "-e", f"results_dir={lab_dir / 'results'}", *args]

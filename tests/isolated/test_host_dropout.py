@@ -2,7 +2,7 @@
 
 The real experiment play (playbooks/experiment.yml -> playbooks/tasks/profile.yml: any_errors_fatal,
 the block that shapes and benchmarks, the always that unshapes) and the real netem role run against
-two qemu VMs with a netem kernel (tests/vm, a cluster of this module's own): both are servers, vm1 is
+two qemu VMs with a netem kernel (tests/vm, the cluster test_netem_role_vm.py uses too): both are servers, vm1 is
 also the client. While the paper profile is in effect and the benchmark runs, vm2's qemu is killed
 (SIGKILL: no shutdown, no FIN on the wire). The benchmark is a stand-in role (the real client needs a
 swarm; tests/processes/test_faults_mid_sweep.py covers what it does when a server dies): it fails like the real client
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from vm import REPO, VMCluster, recap, vm_cluster  # noqa: F401  (vm_cluster is a fixture)
+from vm import REPO, VMCluster, recap  # the fixture vm_cluster: tests/isolated/conftest.py
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 PROFILE = "paper-10ms-100mbit"

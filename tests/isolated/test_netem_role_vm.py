@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from vm import DATA_INTERFACE, REPO, recap, vm_cluster  # noqa: F401  (vm_cluster is a fixture)
+from vm import DATA_INTERFACE, REPO, recap  # the fixture vm_cluster: tests/isolated/conftest.py
 
 PLAYBOOK = REPO / "playbooks" / "shaping.yml"
 PAPER = {

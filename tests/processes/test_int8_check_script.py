@@ -20,7 +20,10 @@ pytestmark = pytest.mark.slow
 
 def test_int8_check_script_on_cpu(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "MODEL": "facebook/opt-125m", "DEVICE": "cpu", "BLOCKS": "2", "PYTHON": sys.executable}
+    # MODEL is the small model the script checks anyway (checked once), and the step benchmark measures 1 s,
+    # not the GPU run's 5: the test needs its numbers to exist, not to be precise
+    env = {**os.environ, "MODEL": "facebook/opt-125m", "DEVICE": "cpu", "BLOCKS": "2", "STEP_SECONDS": "1",
+           "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(PROJECT_DIR / "tools" / "gpu" / "int8-check.sh"), "run", str(out)], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]

@@ -7,8 +7,9 @@ The VMs boot the image of build-image.sh under qemu TCG (this machine has no KVM
 qcow2 overlays. Everything started here is stopped by PID: qemu processes by process group, ssh
 control masters by `ssh -O exit`.
 
-Use from a test module:
-    from vm import vm_cluster  # noqa: F401  (a module-scoped pytest fixture: a 2-VM VMCluster)
+Use from a test module: the fixture `vm_cluster` (tests/isolated/conftest.py), a 2-VM VMCluster booted
+once for every module that asks for it (each module gets it whole: a VM a test killed is booted again),
+or a VMCluster of its own.
 """
 
 from __future__ import annotations
@@ -164,6 +165,19 @@ class VMCluster:
         self._wait_ssh(fresh, time.monotonic() + boot_timeout)
         return fresh
 
+    def make_whole(self, boot_timeout: float = 180) -> list[str]:
+        """Boot again every VM whose qemu is gone or whose ssh no longer answers (a test that killed one
+        and failed before its own restart); returns their names. The extra groups are reset."""
+        self.groups = {}
+        rebooted = []
+        for vm in list(self.vms):
+            if vm.proc.poll() is None and self.ssh(vm, "true", timeout=15, check=False).returncode == 0:
+                continue
+            self.kill(vm)
+            self.restart(vm, boot_timeout)
+            rebooted.append(vm.name)
+        return rebooted
+
     def close(self) -> None:
         # Control masters first (a master to a killed VM hangs the next run), then the VMs.
         self._close_masters()
@@ -261,17 +275,3 @@ def recap(output: str) -> dict[str, dict[str, int]]:
             host, _, rest = line.partition(":")
             counts[host.strip()] = {k: int(v) for k, v in (kv.split("=") for kv in rest.split())}
     return counts
-
-
-@pytest.fixture(scope="module")
-def vm_cluster():
-    """Two booted VMs (module scope: booting costs ~10-30 s on a busy 2-core machine)."""
-    if os.geteuid() != 0:
-        pytest.skip("VMs need root (network namespaces, tap devices)")
-    build_image()
-    cluster = VMCluster(count=2)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()

@@ -14,7 +14,7 @@
 #   check-<dtype>-<model>.json  quantised block vs float32, same weights (bench_client.swarm.quant_check);
 #                               exit 1 of the script when int8 is off by more than its limit
 #   blocks-<dtype>.json         BLOCKS blocks built as a server builds them: seconds, GB, GPU GiB
-#   step-<dtype>.json           a decode step of those blocks (batch 2, 528 cached tokens)
+#   step-<dtype>.json           a decode step of those blocks (batch 2, 528 cached tokens), STEP_SECONDS (5) of them
 #   server-int8.json            a real server of BLOCKS int8 blocks: seconds to ONLINE, GPU memory it holds
 set -euo pipefail
 stage="${1:?usage: int8-check.sh wheel | run OUTDIR}"
@@ -50,6 +50,7 @@ fi
 [[ "$stage" == run ]] || { echo "usage: int8-check.sh wheel | run OUTDIR" >&2; exit 2; }
 out="$(mkdir -p "${2:?OUTDIR}" && cd "$2" && pwd)"
 MODEL="${MODEL:-facebook/opt-30b}" DEVICE="${DEVICE:-cuda}" BLOCKS="${BLOCKS:-4}" SITE="${SITE:-/tmp/site}"
+STEP_SECONDS="${STEP_SECONDS:-5}"  # how long each decode-step benchmark measures
 PY="${PYTHON:-python3}"
 if [[ "$DEVICE" == cuda* ]]; then  # the GPU host: the Petals stack and bitsandbytes from the carried wheels
   if [[ ! -d "$SITE/petals" || ! -d "$SITE/bitsandbytes" ]]; then
@@ -65,7 +66,9 @@ quiet() { grep -vE "FutureWarning|_register_pytree_node|bloom-license|kernels-co
 
 # 1. correctness first: int8 (and nf4) against float32 on a small model and on MODEL's width
 status=0
-for check in "int8 facebook/opt-125m" "nf4 facebook/opt-125m" "int8 $MODEL"; do
+checks=("int8 facebook/opt-125m" "nf4 facebook/opt-125m")
+[[ "$MODEL" == facebook/opt-125m ]] || checks+=("int8 $MODEL")  # MODEL's width (once, when it is not OPT-125M)
+for check in "${checks[@]}"; do
   set -- $check
   name="check-$1-${2//\//_}.json"
   if ! "$PY" -m bench_client.swarm.quant_check --model "$2" --device "$DEVICE" --dtype "$1" > "$out/$name" 2> >(quiet); then
@@ -80,7 +83,7 @@ for dtype in float16 int8; do
   "$PY" -m bench_client.swarm.engine_bench blocks --model "$MODEL" --device "$DEVICE" --dtype "$dtype" --blocks "$BLOCKS" \
     > "$out/blocks-$dtype.json" 2> >(quiet)
   "$PY" -m bench_client.swarm.engine_bench step --model "$MODEL" --device "$DEVICE" --dtype "$dtype" --blocks "$BLOCKS" \
-    --seconds 5 > "$out/step-$dtype.json" 2> >(quiet)
+    --seconds "$STEP_SECONDS" > "$out/step-$dtype.json" 2> >(quiet)
   echo "[int8] $dtype: $(tr -d '\n ' < "$out/blocks-$dtype.json") $(tr -d '\n ' < "$out/step-$dtype.json")"
 done
 
