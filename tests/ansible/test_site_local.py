@@ -156,11 +156,23 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         # ansible-playbook's own output (the runner's stdout of each invocation) ends with the breakdown
         for stdout in sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*/stdout")):
             assert re.search(r"^measured [\d.]+ s of [\d.]+ s wall: duty ratio [\d.]+ %$", stdout.read_text(), re.M), stdout
+
+        # a later run planned with one server: the earlier plan's second server is stopped by the swarm
+        # stage, not measured beside this plan's (a stale swarm counted as the measured one)
+        fewer = run_experiment(inventory=inventory, extravars={**common, "netbench_servers_per_host": 1,
+                                                               "bench_client_prompt_lengths": [16],
+                                                               "bench_client_new_tokens": 1},
+                               tags="swarm,bench,fetch", out=io.StringIO())
+        assert fewer.ok, fewer.failures
+        assert sorted(p.name for p in (workdir / "run").glob("server*.pid")) == ["server0.pid"]
+        assert group_members(records[2].pgid) == [], "the earlier plan's server1 still runs"
+        rows = [json.loads(line) for line in (fewer.results_dir / "none" / "out.jsonl").read_text().splitlines()]
+        assert [(m["status"], m["num_servers"]) for m in rows] == [("ok", 1)], rows
     finally:
         cleanup = run_experiment(inventory=inventory, extravars=common, tags="cleanup", out=io.StringIO())
     assert cleanup.ok, cleanup.failures
     # every process of the swarm ended on SIGTERM (none was killed) and left nothing in /dev/shm
-    assert stop_signals(cleanup.run_id) == ["SIGTERM"] * 3  # the DHT and both servers (the client had ended)
+    assert stop_signals(cleanup.run_id) == ["SIGTERM"] * 2  # the DHT and the one server left (the client had ended)
     assert shared_memory_files() - shm_before == set()
     # the inventory's secrets reached no result, log, pid/address file, runner event log or output
     artifacts = sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*"))
