@@ -224,6 +224,7 @@ def run_experiment(
     extravars: dict[str, Any] | None = None,
     tags: str | list[str] | None = None,
     skip_tags: str | list[str] | None = None,
+    limit: str | None = None,
     run_id: str | None = None,
     playbook: str = "site.yml",
     project_dir: str | Path = PROJECT_DIR,
@@ -284,6 +285,7 @@ def run_experiment(
                 extravars=variables,
                 tags=",".join(tags) if isinstance(tags, list) else tags,
                 skip_tags=",".join(skip_tags) if isinstance(skip_tags, list) else skip_tags,
+                limit=limit,
                 cmdline=cmdline,
                 envvars=env,
                 ident=run_id + "-" + secrets.token_hex(2),
@@ -333,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--extra-vars", action="append", type=_parse_extravar, default=[], metavar="VARS")
     p.add_argument("-t", "--tags", default=None, help="only these stages: provision,swarm,shaping,bench,fetch")
     p.add_argument("--skip-tags", default=None)
+    p.add_argument("-l", "--limit", default=None, help="only these hosts (e.g. --cleanup of the hosts still reachable)")
     p.add_argument("--cleanup", action="store_true", help="run only the cleanup tag (stop everything, unshape)")
     p.add_argument("--check", action="store_true", help="Ansible check mode: report what would change")
     p.add_argument("-v", "--verbose", action="store_true", help="also list skipped tasks")
@@ -360,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         extravars.setdefault("netbench_cleanup_command", cleanup_command(args))
     try:
         result = run_experiment(inventory=args.inventory, model=args.model, profiles=args.profiles,
-                                extravars=extravars, tags=tags, skip_tags=args.skip_tags, run_id=args.run_id,
+                                extravars=extravars, tags=tags, skip_tags=args.skip_tags, limit=args.limit,
+                                run_id=args.run_id,
                                 check=args.check, verbose=args.verbose)
     except (FileNotFoundError, ValueError) as exc:  # plan.PlanError (a bad run id) is a ValueError
         print(f"error: {exc}", file=sys.stderr)
