@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-sweep-prompt-length", type=positive_int, default=512)
     p.add_argument("--num-gpus", type=positive_int, default=None,
                    help="GPUs in the swarm for per-GPU throughput (default: read from the DHT)")
+    p.add_argument("--expect-servers", type=positive_int, default=None,
+                   help="refuse to measure unless exactly this many servers are online (the plan's number)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where client processes run")
     p.add_argument("--client-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--metadata", default=None, help="JSON lines beside the TSV (default: OUTPUT with .jsonl)")
@@ -137,7 +139,7 @@ def load_extra_metadata(path: str | None) -> dict:
     return data
 
 
-def check_swarm(view: SwarmView) -> None:
+def check_swarm(view: SwarmView, expect_servers: int | None = None) -> None:
     if not view.servers:
         fail(f"no server in the swarm announces any block with prefix {view.dht_prefix!r} ({view.model}); "
              "check --prefix against the model the servers were started with", EXIT_MISSING_BLOCKS)
@@ -145,6 +147,11 @@ def check_swarm(view: SwarmView) -> None:
         fail(f"the swarm is missing blocks {format_ranges(view.missing_blocks)} of {view.model} "
              f"({len(view.online_servers)} online servers); wait for them (python -m bench_client.swarm wait) "
              "or start servers that hold them", EXIT_MISSING_BLOCKS)
+    if expect_servers is not None and len(view.online_servers) != expect_servers:
+        # a row measured so would count (and route through) servers of another run
+        names = ", ".join(f"{s.public_name or s.peer_id} blocks {s.start_block}:{s.end_block}" for s in view.online_servers)
+        fail(f"the swarm of {view.model} has {len(view.online_servers)} online servers, the plan {expect_servers}: "
+             f"{names}; servers of another run serve in it (stop them: site.yml --tags cleanup)", EXIT_MISSING_BLOCKS)
 
 
 def count_gpus(view: SwarmView, flag: int | None) -> tuple[int, str]:
@@ -227,7 +234,7 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
         view = inspect(dht, spec)
     finally:
         dht.shutdown()
-    check_swarm(view)
+    check_swarm(view, args.expect_servers)
     num_gpus, gpus_source = count_gpus(view, args.num_gpus)
     servers = describe_servers(view)
     try:  # the rows already there were measured on a swarm like this one

@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_client.core.processes import (ProcessError, Identity, boot_id, descendants, group_members, start_ticks,
-                                    terminate, write_atomically)
+from bench_client.core.processes import (ProcessError, Identity, descendants, group_members, start_ticks, terminate,
+                                    write_atomically)
 
 
 class DaemonError(RuntimeError):
@@ -67,12 +67,10 @@ class Record:
 
 
 def is_running(record: Record) -> bool:
-    """A process we started still runs: with an identity (pidfiles since the identity was recorded), a
-    live process of the group carries it; without one, the leader runs with its recorded start time.
-    A group whose leader died is never trusted on its number alone (PGIDs are reused after a reboot)."""
-    if record.identity is not None:
-        return bool(group_members(record.pgid, record.identity))
-    return record.boot_id in ("", boot_id()) and start_ticks(record.pid) == record.start_ticks
+    """A process we started still runs: a live process of the group carries the record's identity.
+    A pidfile without an identity token proves nothing: its PID and start time may be copied from any
+    live process (someone else's), so it is never taken as running, and nothing it names is signalled."""
+    return record.identity is not None and bool(group_members(record.pgid, record.identity))
 
 
 def status(pidfile: Path) -> dict:

@@ -401,6 +401,19 @@ def plan(interface: str, show_json: str | list[dict[str, Any]], profile: Profile
     return commands
 
 
+def check_unshaped(interface: str, show_json: str | list[dict[str, Any]], force: bool = False) -> None:
+    """Before a profile "none" is measured: a root qdisc someone else configured would shape it (a row
+    would say "none" and measure that qdisc). ForeignQdiscError unless ``force``; ours is removed
+    (``plan(..., None)``) and the kernel's defaults are no shaping."""
+    root = root_qdisc(load_qdiscs(show_json))
+    if root is None or root.get("handle") == ROOT_HANDLE or root.get("kind") in DEFAULT_ROOT_KINDS or force:
+        return
+    raise ForeignQdiscError(
+        f"{interface} has a root qdisc {root.get('kind')} {root.get('handle')} that this role did not install: "
+        "profile 'none' would be measured through it; remove it or set netem_force"
+    )
+
+
 def count_filters(filter_show_text: str) -> int:
     """Number of u32 entries steering into the unshaped band, from `tc filter show dev X parent 4e54:`."""
     return len(re.findall(r"flowid " + re.escape(ROOT_HANDLE + "1") + r"\b", filter_show_text))

@@ -4,6 +4,10 @@ Written by the experiment playbook on the controller before the first profile ru
 
     python -m bench_client.orchestration.manifest --out results/RUN/manifest.json --json '{"plan": ..., "hosts": ...,
         "extra_vars": ...}'
+    python -m bench_client.orchestration.manifest --check --out results/RUN/manifest.json --json '{"plan": ...}'
+
+A run id whose manifest names another model or dtype is refused (exit 2), by the pre-flight already
+(``--check``), and the manifest is never overwritten then.
 
 Hosts are described by the fields the pre-flight probe summarised (address, device, memory, GPUs),
 never by their connection variables; any key that looks like a credential is dropped wherever it
@@ -97,10 +101,31 @@ def differences(a: dict[str, Any], b: dict[str, Any], sections: tuple[str, ...] 
     return [(k, fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)]
 
 
+# What a run's rows were measured with: a rerun of the run id that differs here is another experiment
+# (its client would refuse to resume the rows only after the swarm was restarted for it).
+RESUME_IDENTITY = ("model", "dtype")
+
+
+def check_resume(out: Path, plan: dict[str, Any]) -> None:
+    """Refuse (ValueError) a plan for a run id whose manifest.json names another model or dtype."""
+    existing = read_manifest(out.parent) if out.name == MANIFEST_NAME else None
+    if existing is None:
+        return
+    before = existing.get("plan") or {}
+    differ = [f"{key} {before.get(key)!r} there, {plan.get(key)!r} now" for key in RESUME_IDENTITY
+              if before.get(key) != plan.get(key)]
+    if differ:
+        raise ValueError(f"this resumes run {existing.get('run_id') or out.parent.name} ({out}), measured with "
+                         f"another configuration: {'; '.join(differ)}; use another run_id, or the same "
+                         "configuration to resume it")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.manifest", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="results/<run-id>/manifest.json")
     parser.add_argument("--json", required=True, help="JSON object with plan, hosts, extra_vars (and run_id, inventory)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that the plan may resume the run there (the pre-flight); write nothing")
     args = parser.parse_args(argv)
     try:
         data = json.loads(args.json)
@@ -108,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--json is not valid JSON ({exc.msg})")
     if not isinstance(data, dict):
         fail("--json must be a JSON object")
+    try:
+        check_resume(args.out, data.get("plan") or {})
+        if args.check:
+            return 0
+    except ValueError as exc:  # also an unreadable manifest: never overwritten
+        fail(str(exc))
     write_atomically(args.out, json.dumps(build_manifest(data), indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -18,14 +18,16 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from bench_client.core import progress
+from bench_client.core import processes, progress
 from bench_client.orchestration import timeline
 
 PROJECT_DIR = Path(os.environ.get("NETBENCH_PROJECT_DIR", Path(__file__).resolve().parents[2]))
@@ -195,6 +197,42 @@ def keep_output(runner, run_dir: Path) -> Path | None:
     return target
 
 
+class _StopOnSignal:
+    """ansible-runner's cancel callback: on SIGTERM or SIGINT, stop the ansible-playbook it runs and
+    every descendant of it, then let ansible-runner finish. ansible-core's workers call setsid, so
+    ansible-runner's own cancel (SIGKILL to ansible-playbook's process group) left them running,
+    re-parented to PID 1. ansible-playbook is asked alone first (it passes SIGTERM on to its workers);
+    only processes carrying this run's identity (in their environment) are signalled."""
+
+    def __init__(self, identity: processes.Identity):
+        self.identity = identity
+        self.signalled = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handler(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        if not self.signalled:
+            return False
+        for pid in processes.descendants([os.getpid()]):
+            info = processes.proc_stat(pid)
+            # ansible-playbook: our child that leads its own group (pexpect's session), started with our identity
+            if info and info[1] == os.getpid() and info[2] == pid and self.identity.carried_by(pid):
+                processes.terminate(pid, timeout=10.0, identity=self.identity, leader=(pid, info[3]))
+        return True
+
+
 def run_experiment(
     inventory: str | Path | None = None,
     model: str | None = None,
@@ -202,6 +240,7 @@ def run_experiment(
     extravars: dict[str, Any] | None = None,
     tags: str | list[str] | None = None,
     skip_tags: str | list[str] | None = None,
+    limit: str | None = None,
     run_id: str | None = None,
     playbook: str = "site.yml",
     project_dir: str | Path = PROJECT_DIR,
@@ -233,6 +272,9 @@ def run_experiment(
     # A fresh private data dir per run: ansible-runner writes env/cmdline, env/extravars... there and
     # would replay them (e.g. --check) in later runs. Artifacts (event logs) are kept for debugging.
     private = Path(tempfile.mkdtemp(prefix="netbench-runner-"))
+    # how often ansible-runner asks the cancel callback (its default: every 5 s); read from this file only
+    (private / "env").mkdir()
+    (private / "env" / "settings").write_text("pexpect_timeout: 1\n")
     artifacts = project / ".cache" / "runner" / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     printer = ProgressPrinter(out=out, verbose=verbose)
@@ -241,29 +283,34 @@ def run_experiment(
     # callback_plugins: name ours here, or the timeline callback (callbacks_enabled) is not found.
     env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_CALLBACK_PLUGINS": str(project / "playbooks" / "callback_plugins"), **(envvars or {})}
+    identity = processes.Identity.new()  # carried by ansible-playbook and all it starts: what a stop may signal
+    env.update(identity.env())
     # The ansible-playbook of this interpreter's environment, also when the venv is not activated.
     bindir = Path(sys.executable).parent
     env.setdefault("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     env.setdefault("VIRTUAL_ENV", str(bindir.parent))
     started = time.monotonic()
     try:
-        runner = ansible_runner.run(
-            private_data_dir=str(private),
-            artifact_dir=str(artifacts),
-            project_dir=str(project),
-            playbook=playbook,
-            inventory=str(inventory_path),
-            extravars=variables,
-            tags=",".join(tags) if isinstance(tags, list) else tags,
-            skip_tags=",".join(skip_tags) if isinstance(skip_tags, list) else skip_tags,
-            cmdline=cmdline,
-            envvars=env,
-            ident=run_id + "-" + secrets.token_hex(2),
-            rotate_artifacts=20,
-            event_handler=printer,
-            quiet=True,
-        )
-        stdout_text = runner.stdout.read() if runner.rc != 0 else ""
+        with _StopOnSignal(identity) as stop_on_signal:
+            runner = ansible_runner.run(
+                private_data_dir=str(private),
+                artifact_dir=str(artifacts),
+                project_dir=str(project),
+                playbook=playbook,
+                inventory=str(inventory_path),
+                extravars=variables,
+                tags=",".join(tags) if isinstance(tags, list) else tags,
+                skip_tags=",".join(skip_tags) if isinstance(skip_tags, list) else skip_tags,
+                limit=limit,
+                cmdline=cmdline,
+                envvars=env,
+                ident=run_id + "-" + secrets.token_hex(2),
+                rotate_artifacts=20,
+                event_handler=printer,
+                cancel_callback=stop_on_signal,
+                quiet=True,
+            )
+            stdout_text = runner.stdout.read() if runner.rc != 0 else ""
         keep_output(runner, results_root / run_id)
     finally:
         shutil.rmtree(private, ignore_errors=True)
@@ -305,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--extra-vars", action="append", type=_parse_extravar, default=[], metavar="VARS")
     p.add_argument("-t", "--tags", default=None, help="only these stages: provision,swarm,shaping,bench,fetch")
     p.add_argument("--skip-tags", default=None)
+    p.add_argument("-l", "--limit", default=None, help="only these hosts (e.g. --cleanup of the hosts still reachable)")
     p.add_argument("--cleanup", action="store_true", help="run only the cleanup tag (stop everything, unshape)")
     p.add_argument("--check", action="store_true", help="Ansible check mode: report what would change")
     p.add_argument("-v", "--verbose", action="store_true", help="also list skipped tasks")
@@ -332,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         extravars.setdefault("netbench_cleanup_command", cleanup_command(args))
     try:
         result = run_experiment(inventory=args.inventory, model=args.model, profiles=args.profiles,
-                                extravars=extravars, tags=tags, skip_tags=args.skip_tags, run_id=args.run_id,
+                                extravars=extravars, tags=tags, skip_tags=args.skip_tags, limit=args.limit,
+                                run_id=args.run_id,
                                 check=args.check, verbose=args.verbose)
     except (FileNotFoundError, ValueError) as exc:  # plan.PlanError (a bad run id) is a ValueError
         print(f"error: {exc}", file=sys.stderr)

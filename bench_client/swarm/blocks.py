@@ -1,10 +1,11 @@
 """Who serves which blocks of a model in a private swarm.
 
-    python -m bench_client.swarm wait --initial-peers @dht.maddrs --model facebook/opt-30b --timeout 600
+    python -m bench_client.swarm wait --initial-peers @dht.maddrs --model facebook/opt-30b --timeout 600 [--expect-servers N]
     python -m bench_client.swarm info --initial-peers @dht.maddrs --model facebook/opt-30b
 
 ``wait`` exits 0 once every block is served by an online server, and 3 on timeout with the missing
-block ranges named. ``info`` prints the servers and coverage as JSON.
+block ranges named. ``info`` prints the servers and coverage as JSON. Online means announced ONLINE
+and answering a ping now: a killed server's record, ONLINE for minutes, counts as DEAD.
 """
 
 from __future__ import annotations
@@ -111,7 +112,28 @@ def connect(initial_peers: list[str], timeout: float = 30.0):
                         "is the DHT running and its port open?") from None
 
 
-def inspect(dht, spec: ModelSpec) -> SwarmView:
+# A server killed without its shutdown (SIGKILL, a lost host) stays ONLINE in the DHT until its record
+# expires, minutes later: every server announced ONLINE is pinged, and one that does not answer within
+# this many seconds counts as DEAD (it serves no block; the wait and the client do not count it).
+PING_TIMEOUT_S = 3.0
+DEAD = "DEAD"
+
+
+def answering(dht, peer_ids: list[str], timeout: float = PING_TIMEOUT_S) -> set[str]:
+    """The peers that answer a DHT ping (all at once, within ``timeout``)."""
+    if not peer_ids:
+        return set()
+    import math
+    from functools import partial
+
+    from hivemind import PeerID
+    from petals.utils.ping import ping_parallel
+
+    rtts = dht.run_coroutine(partial(ping_parallel, [PeerID.from_base58(p) for p in peer_ids], wait_timeout=timeout))
+    return {str(peer) for peer, rtt in rtts.items() if rtt != math.inf}
+
+
+def inspect(dht, spec: ModelSpec, ping_timeout: float = PING_TIMEOUT_S) -> SwarmView:
     from petals.data_structures import UID_DELIMITER, ServerState
     from petals.utils.dht import get_remote_module_infos
 
@@ -119,31 +141,32 @@ def inspect(dht, spec: ModelSpec) -> SwarmView:
     infos = get_remote_module_infos(dht, uids, latest=True)
     view = SwarmView(model=spec.name, dht_prefix=spec.dht_prefix, num_blocks=spec.layers)
     seen: dict[str, ServerView] = {}
+    for info in infos:
+        for peer_id, server in (info.servers.items() if info is not None else ()):
+            seen.setdefault(str(peer_id), ServerView(
+                peer_id=str(peer_id), start_block=server.start_block, end_block=server.end_block,
+                state=ServerState(server.state).name, public_name=server.public_name,
+                torch_dtype=server.torch_dtype, quant_type=server.quant_type,
+                cache_tokens_left=server.cache_tokens_left,
+            ))
+    announced = [key for key, server in seen.items() if server.state == "ONLINE"]
+    for key in set(announced) - answering(dht, announced, ping_timeout):
+        seen[key].state = DEAD
     for index, info in enumerate(infos):
-        if info is None:
-            continue
-        online = False
-        for peer_id, server in info.servers.items():
-            key = str(peer_id)
-            if key not in seen:
-                seen[key] = ServerView(
-                    peer_id=key, start_block=server.start_block, end_block=server.end_block,
-                    state=ServerState(server.state).name, public_name=server.public_name,
-                    torch_dtype=server.torch_dtype, quant_type=server.quant_type,
-                    cache_tokens_left=server.cache_tokens_left,
-                )
-            online = online or server.state == ServerState.ONLINE
-        if online:
+        if info is not None and any(seen[str(peer)].state == "ONLINE" for peer in info.servers):
             view.served_blocks.append(index)
     view.servers = sorted(seen.values(), key=lambda s: (s.start_block or 0, s.peer_id))
     return view
 
 
-def wait_for_blocks(dht, spec: ModelSpec, timeout: float, poll: float = 2.0, progress=None) -> SwarmView:
+def wait_for_blocks(dht, spec: ModelSpec, timeout: float, poll: float = 2.0, progress=None,
+                    expect_servers: int | None = None) -> SwarmView:
+    """Until every block is served (and, with ``expect_servers``, by exactly that many online servers:
+    the plan's, none of another run beside them), or ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         view = inspect(dht, spec)
-        if not view.missing_blocks:
+        if not view.missing_blocks and expect_servers in (None, len(view.online_servers)):
             return view
         if progress:
             progress(view)
@@ -161,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="wait: give up after this many seconds")
     p.add_argument("--connect-timeout", type=float, default=30.0)
     p.add_argument("--poll", type=float, default=0.5, help="wait: seconds between two looks at the DHT")
+    p.add_argument("--expect-servers", type=int, default=None,
+                   help="wait: until exactly this many servers are online (the plan's number)")
     return p
 
 
@@ -195,12 +220,19 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"waiting: {spec.layers - len(v.missing_blocks)}/{spec.layers} blocks of {spec.name} served, "
                       f"missing {format_ranges(v.missing_blocks)}", file=sys.stderr, flush=True)
 
-            view = wait_for_blocks(dht, spec, args.timeout, poll=args.poll, progress=progress)
+            view = wait_for_blocks(dht, spec, args.timeout, poll=args.poll, progress=progress,
+                                   expect_servers=args.expect_servers)
         print(json.dumps(view.to_json(), indent=2))
         if args.command == "wait" and view.missing_blocks:
             fail(f"after {args.timeout:.0f} s, blocks {format_ranges(view.missing_blocks)} of {spec.name} "
                  f"(prefix {spec.dht_prefix!r}) are served by no online server; start servers for them "
                  "or check their logs", EXIT_MISSING_BLOCKS)
+        if args.command == "wait" and args.expect_servers not in (None, len(view.online_servers)):
+            names = ", ".join(f"{s.public_name or s.peer_id} blocks {s.start_block}:{s.end_block}"
+                              for s in view.online_servers)
+            fail(f"after {args.timeout:.0f} s, {len(view.online_servers)} servers of {spec.name} are online, the plan "
+                 f"has {args.expect_servers}: {names}; servers of another run serve in this swarm (stop them: "
+                 "site.yml --tags cleanup on their hosts)", EXIT_MISSING_BLOCKS)
     finally:
         dht.shutdown()
 

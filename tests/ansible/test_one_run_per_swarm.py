@@ -1,7 +1,8 @@
 """One experiment at a time on a swarm, through the real site.yml on the local inventory (the issue's
-scenario): while a sweep runs, a second run (another run id) is refused naming the running benchmark
-and leaves it alone; the first run interrupted with Ctrl-C leaves its client measuring, and its rerun
-(same run id) stops that client by its identity and resumes: every configuration measured exactly once."""
+scenario): while a sweep runs, a second run (another run id and dtype) is refused in its pre-flight
+naming the running benchmark, before it touches the swarm; the first run interrupted with Ctrl-C leaves its client measuring, and its rerun
+(same run id) stops that client by its identity and resumes: every configuration measured exactly once;
+a resume of that run with another dtype is refused before it changes the swarm or the run's manifest."""
 
 from __future__ import annotations
 
@@ -41,11 +42,16 @@ def test_second_run_refused_and_interrupted_run_taken_over(tmp_path):
         running = Record.load(pidfile)
         assert running is not None and is_running(running)
 
+        servers = {p.name: Record.load(p) for p in (workdir / "run").glob("server*.pid")}
         log = io.StringIO()
-        second = run_experiment(extravars=common, run_id="second", tags="swarm,bench", out=log)
+        # another run, all stages, another dtype: refused in the pre-flight, before its swarm stage
+        # would restart the servers under the running sweep
+        second = run_experiment(extravars={**common, "dtype": "bfloat16"}, run_id="second", out=log)
         assert second.rc != 0 and "another benchmark runs on this swarm" in log.getvalue(), log.getvalue()[-3000:]
         assert is_running(running), "the refused run stopped the running benchmark"
-        assert not (workdir / "results" / "second" / "none" / "out.tsv").exists()
+        assert {p.name: Record.load(p) for p in (workdir / "run").glob("server*.pid")} == servers, \
+            "the refused run restarted the servers"
+        assert not (workdir / "results" / "second").exists() and not (results / "second").exists()
 
         os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Ansible stops, its async client keeps measuring
         first.communicate(timeout=120)
@@ -55,6 +61,16 @@ def test_second_run_refused_and_interrupted_run_taken_over(tmp_path):
         again = run_experiment(extravars=common, run_id="first", tags="swarm,bench,fetch", out=log)
         assert again.ok, log.getvalue()[-5000:]
         assert not is_running(running), "the stale client still runs after the rerun took over"
+
+        # a resume of this run with another dtype is refused before anything changes: the swarm, and
+        # the run's manifest.json (which describes the rows measured)
+        manifest = (results / "first" / "manifest.json").read_bytes()
+        servers = {p.name: Record.load(p) for p in (workdir / "run").glob("server*.pid")}
+        log = io.StringIO()
+        other = run_experiment(extravars={**common, "dtype": "bfloat16"}, run_id="first", out=log)
+        assert other.rc != 0 and "resumes run first" in log.getvalue(), log.getvalue()[-3000:]
+        assert (results / "first" / "manifest.json").read_bytes() == manifest
+        assert {p.name: Record.load(p) for p in (workdir / "run").glob("server*.pid")} == servers
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)

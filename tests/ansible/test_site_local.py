@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench_client.core.daemon import Record, group_members
 from bench_client.core.provenance import git_state
@@ -40,6 +41,17 @@ def inventory_with_canaries(tmp_path: Path) -> tuple[Path, list[str]]:
     with (inventory / "group_vars" / "all.yml").open("a") as f:
         f.write(f"ansible_become_password: {canaries[0]}\nvault_netbench_api_token: {canaries[1]}\n")
     return inventory, canaries
+
+
+def with_unreachable_server(tmp_path: Path, inventory: Path) -> Path:
+    """``inventory`` plus a server host nobody answers for (ssh to a closed port)."""
+    ghost = tmp_path / "inventory-ghost"
+    shutil.copytree(inventory, ghost)
+    hosts = yaml.safe_load((ghost / "hosts.yml").read_text())
+    hosts["all"]["children"]["servers"]["hosts"]["ghost"] = {"ansible_connection": "ssh", "ansible_host": "127.0.0.1",
+                                                              "ansible_port": 9}
+    (ghost / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    return ghost
 
 
 def shared_memory_files() -> set[str]:
@@ -170,11 +182,31 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         # ansible-playbook's own output (the runner's stdout of each invocation) ends with the breakdown
         for stdout in sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*/stdout")):
             assert re.search(r"^measured [\d.]+ s of [\d.]+ s wall: duty ratio [\d.]+ %$", stdout.read_text(), re.M), stdout
+
+        # a later run planned with one server: the earlier plan's second server is stopped by the swarm
+        # stage, not measured beside this plan's (a stale swarm counted as the measured one)
+        fewer = run_experiment(inventory=inventory, extravars={**common, "netbench_servers_per_host": 1,
+                                                               "bench_client_prompt_lengths": [16],
+                                                               "bench_client_new_tokens": 1},
+                               tags="swarm,bench,fetch", out=io.StringIO())
+        assert fewer.ok, fewer.failures
+        assert sorted(p.name for p in (workdir / "run").glob("server*.pid")) == ["server0.pid"]
+        assert group_members(records[2].pgid) == [], "the earlier plan's server1 still runs"
+        rows = [json.loads(line) for line in (fewer.results_dir / "none" / "out.jsonl").read_text().splitlines()]
+        assert [(m["status"], m["num_servers"]) for m in rows] == [("ok", 1)], rows
     finally:
-        cleanup = run_experiment(inventory=inventory, extravars=common, tags="cleanup", out=io.StringIO())
-    assert cleanup.ok, cleanup.failures
+        # cleanup stops what it reaches: with a server host unreachable, and -e netbench_device=cuda on
+        # this host whose GPU (none) the plan of a normal run would refuse
+        ghost = with_unreachable_server(tmp_path, inventory)
+        cleanup = run_experiment(inventory=ghost, extravars={**common, "netbench_device": "cuda"}, tags="cleanup",
+                                 out=io.StringIO())
+    assert {(f.host, f.task) for f in cleanup.failures} == {("ghost", "preflight : Probe RAM, machine id and NVIDIA GPUs "
+                                                             "(read-only)")}, cleanup.failures
+    # --limit to the hosts still reachable: no plan asked of the others, nothing left to change
+    limited = run_experiment(inventory=ghost, extravars=common, tags="cleanup", limit="localhost", out=io.StringIO())
+    assert limited.ok and limited.changed() == {"localhost": 0}, limited.failures
     # every process of the swarm ended on SIGTERM (none was killed) and left nothing in /dev/shm
-    assert stop_signals(cleanup.run_id) == ["SIGTERM"] * 3  # the DHT and both servers (the client had ended)
+    assert stop_signals(cleanup.run_id) == ["SIGTERM"] * 2  # the DHT and the one server left (the client had ended)
     assert shared_memory_files() - shm_before == set()
     # the inventory's secrets reached no result, log, pid/address file, runner event log or output
     artifacts = sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*"))

@@ -268,6 +268,17 @@ def test_kernel_without_netem_reports_it_and_falls_back_to_tbf_for_rate_only(tmp
             print(f"\ntbf fallback on this kernel's veth: {rate:.1f} Mbit/s for a 50 Mbit/s profile")
         assert 50 * 0.85 <= rate <= 50 * 1.05
 
+        # profile "none" (what the experiment runs on a shapeable server before measuring "none"): our
+        # leftover qdisc is removed; a root qdisc someone else configured is refused and left alone
+        unshaped = _local_play(a, tmp_path, "none")
+        assert unshaped.returncode == 0 and _ours(qdisc()) == [], unshaped.stdout[-3000:]
+        subprocess.run(["tc", "-n", a, "qdisc", "add", "dev", "nbva", "root", "handle", "1:", "tbf", "rate", "50mbit",
+                        "burst", "15k", "latency", "50ms"], check=True, timeout=30)
+        foreign = _local_play(a, tmp_path, "none")
+        assert foreign.returncode != 0 and "profile 'none' would be measured through it" in foreign.stdout, \
+            foreign.stdout[-3000:]
+        assert [(q["kind"], q["handle"]) for q in qdisc()] == [("tbf", "1:")]
+        subprocess.run(["tc", "-n", a, "qdisc", "del", "dev", "nbva", "root"], check=True, timeout=30)
         removed = _local_play(a, tmp_path, "none", netem_state="absent")
         assert removed.returncode == 0 and _ours(qdisc()) == [], removed.stdout[-3000:]
     finally:

@@ -110,7 +110,8 @@ def _orphaned_group() -> tuple[int, int]:
 def test_stale_pidfile_never_signals_a_process_it_does_not_prove_ours(tmp_path):
     """A pidfile whose leader died (reboot, kill -9) names a process group that now holds someone else's
     process: status says not running and stop (what --tags cleanup runs) leaves that process alone,
-    whether the pidfile is of the old format (no identity) or names another token or another boot."""
+    whether the pidfile is of the old format (no identity, even with that process's true start time)
+    or names another token or another boot; `run` on such a pidfile does not take it over either."""
     pgid, member = _orphaned_group()
     try:
         ticks = start_ticks(member)
@@ -119,6 +120,9 @@ def test_stale_pidfile_never_signals_a_process_it_does_not_prove_ours(tmp_path):
             Record(pid=pgid, pgid=pgid, start_ticks=1, argv=["x"], log="-", boot_id=boot_id(), token="0" * 32),
             Record(pid=member, pgid=pgid, start_ticks=ticks, argv=["x"], log="-", boot_id="another-boot",
                    token="0" * 32),
+            # no identity token, but the live process's real start time and this boot: nothing proves it ours
+            Record(pid=member, pgid=pgid, start_ticks=ticks, argv=["true"], log="-", boot_id=boot_id()),
+            Record(pid=member, pgid=pgid, start_ticks=ticks, argv=["true"], log="-"),
         ]
         for record in forged:
             pidfile = tmp_path / "dht.pid"
@@ -126,6 +130,12 @@ def test_stale_pidfile_never_signals_a_process_it_does_not_prove_ours(tmp_path):
             assert status(pidfile)["running"] is False, record
             assert stop(pidfile, timeout=1)["changed"] is False
             assert start_ticks(member) == ticks, f"{record} killed someone else's process"
+            if record.argv == ["true"]:  # the same command line: `run` would take over a run it proves ours
+                record.save(pidfile)
+                cli = subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "run", "--pidfile", str(pidfile),
+                                      "--", "true"], capture_output=True, text=True, timeout=30)
+                assert cli.returncode == 0 and "taking over" not in cli.stderr, cli.stderr
+                assert start_ticks(member) == ticks, f"run on {record} killed someone else's process"
         # the low-level stop, given a group and an identity the process does not carry, signals nothing
         terminate(pgid, timeout=1, identity=Identity.new())
         assert start_ticks(member) == ticks

@@ -192,9 +192,14 @@ def test_only_server_killed_fails_the_configuration_and_a_rerun_resumes(swarm, t
     assert failure["prompt_length"] == failed_point and failure["new_tokens"] == 12
     assert "client process 0 failed" in failure["error"] and failure["finished_at"] >= failure["started_at"]
 
-    # a server comes back (a new one: the killed one's DHT record is stale until it expires)
+    # the killed server's DHT record says ONLINE for minutes: it must not count (it answers no ping)
+    dead = swarm_info(swarm)
+    assert dead["num_online_servers"] == 0 and dead["missing_blocks"] == [0, 1, 2, 3], dead
+    assert [s["state"] for s in dead["servers"]] == ["DEAD"], dead
+    # a server comes back (a new one): the swarm is that one server, the dead one's record beside it
     swarm.start_server("server-b", MODEL, "0:4")
-    wait_online_servers(swarm, 2)
+    back = wait_online_servers(swarm, 1)
+    assert back["num_online_servers"] == 1 and sorted(s["state"] for s in back["servers"]) == ["DEAD", "ONLINE"], back
     rerun = swarm.run_module(["bench_client", "--initial_peers", *swarm.initial_peers, "--prefix", MODEL,
                               "--output", str(out), "--num-processes", "1", "--token-sweep", "none",
                               *sweep_args(lengths, new_tokens=12, micro_batches=4, max_retries=4)], timeout=400)
@@ -205,6 +210,7 @@ def test_only_server_killed_fails_the_configuration_and_a_rerun_resumes(swarm, t
     meta = read_metadata(out.with_suffix(".jsonl"))
     assert [m["status"] for m in meta] == ["ok"] * len(rows) + ["failed"] + ["ok"] * (len(lengths) - len(rows))
     assert len({m["run_id"] for m in meta}) == 2
+    assert {m["num_servers"] for m in meta[len(rows) + 1:]} == {1}, "the dead server was counted"
 
 
 def free_port() -> int:

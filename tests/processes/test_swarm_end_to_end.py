@@ -122,6 +122,13 @@ def test_swarm_info_and_wait_name_missing_blocks(swarm):
     data = json.loads(info.stdout)
     assert data["missing_blocks"] == [] and data["num_online_servers"] == 2
     assert sorted((s["start_block"], s["end_block"]) for s in data["servers"]) == [(0, 2), (2, 4)]
+    # a plan of one server: the second one is another run's, and no row is measured through it
+    out = swarm.workdir / "other-plan.tsv"
+    other = swarm.run_module(["bench_client", "--initial_peers", *swarm.initial_peers, "--prefix", MODEL,
+                              "--output", str(out), "--prompt-lengths", "8", "--new-tokens", "1",
+                              "--token-sweep", "none", "--expect-servers", "1"])
+    assert other.returncode == 3 and "has 2 online servers, the plan 1" in other.stderr, other.stderr[-2000:]
+    assert not out.exists()
 
     # OPT-125m has 12 blocks; serve only 0:3 of it and ask for all
     partial = swarm.start_server("partial-125m", "facebook/opt-125m", "0:3", "--inference-max-length", "64")

@@ -51,6 +51,26 @@ def test_manifest_refuses_bad_json(tmp_path: Path):
     assert done.returncode == 2 and "not valid JSON" in done.stderr and not (tmp_path / "m.json").exists()
 
 
+def test_a_resume_with_another_model_or_dtype_is_refused_and_the_manifest_kept(tmp_path: Path):
+    """The pre-flight's --check and the write itself: a run id measured with another dtype is refused,
+    its manifest never rewritten; the same configuration (a resume) passes."""
+    run = tmp_path / "first"
+    assert write_manifest(run, {}).returncode == 0
+    kept = (run / "manifest.json").read_bytes()
+    plan = {"run_id": "first", "model": "facebook/opt-30b", "num_gpus": 4, "systems": ["petals"]}
+    for check in (["--check"], []):
+        proc = subprocess.run([sys.executable, "-m", "bench_client.orchestration.manifest", *check, "--out",
+                               str(run / "manifest.json"), "--json", json.dumps({"plan": {**plan, "dtype": "bfloat16"}})],
+                              capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert proc.returncode == 2 and "resumes run first" in proc.stderr and "dtype None there, 'bfloat16' now" \
+            in proc.stderr, proc.stderr
+        assert (run / "manifest.json").read_bytes() == kept
+    same = subprocess.run([sys.executable, "-m", "bench_client.orchestration.manifest", "--check", "--out",
+                           str(run / "manifest.json"), "--json", json.dumps({"plan": plan})],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert same.returncode == 0 and (run / "manifest.json").read_bytes() == kept, same.stderr
+
+
 def test_compare_two_runs(tmp_path: Path, capsys):
     a, b = tmp_path / "run-a", tmp_path / "run-b"
     write_petals(a, {"none": [8.0, 6.0, 7.0], "paper-10ms-1gbit": [10.0]})

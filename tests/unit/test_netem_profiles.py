@@ -183,6 +183,15 @@ def test_removal_touches_only_our_qdisc():
     assert netem.plan("eth1", FOREIGN_HTB, None) == []
 
 
+def test_profile_none_is_refused_over_a_foreign_root_qdisc():
+    """Removal leaves a foreign qdisc alone, so "none" would be measured through it: refused (unless forced)."""
+    with pytest.raises(netem.ForeignQdiscError, match="htb 1:.*profile 'none' would be measured through it"):
+        netem.check_unshaped("eth1", FOREIGN_HTB)
+    netem.check_unshaped("eth1", FOREIGN_HTB, force=True)
+    for ok in (NETEM_10MS_100MBIT, NOQUEUE, MQ):  # ours (removed next) or the kernel's defaults
+        netem.check_unshaped("eth1", ok)
+
+
 def test_rate_only_profile_as_tbf():
     p = netem.resolve_profile({"rate": "10mbit", "limit": 100})
     assert netem.plan("veth0", NOQUEUE, p, "tbf") == [

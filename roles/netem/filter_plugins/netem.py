@@ -68,6 +68,15 @@ def netem_plan(show_json: str, interface: str, resolved: dict[str, Any] | None, 
         raise AnsibleFilterError(str(exc)) from exc
 
 
+def netem_check_unshaped(show_json: str, interface: str, force: bool = False) -> bool:
+    """True, or the refusal of a foreign root qdisc that a profile "none" would be measured through."""
+    try:
+        netem.check_unshaped(interface, show_json, bool(force))
+    except netem.ForeignQdiscError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+    return True
+
+
 def netem_batch(commands: list[list[str]]) -> str:
     """tc argv lists -> the text of one `tc -batch` (one command a line, without the leading tc)."""
     return "\n".join(" ".join(argv[1:] if argv[:1] == ["tc"] else argv) for argv in commands)
@@ -147,6 +156,7 @@ class FilterModule:
             "netem_describe": netem_describe,
             "netem_kind": netem_kind,
             "netem_plan": netem_plan,
+            "netem_check_unshaped": netem_check_unshaped,
             "netem_batch": netem_batch,
             "netem_peer_measurement": netem_peer_measurement,
             "netem_measure_all": netem_measure_all,
