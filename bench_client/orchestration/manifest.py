@@ -23,6 +23,7 @@ from typing import Any
 
 from bench_client.core import environment, provenance
 from bench_client.core.processes import fail, write_atomically
+from bench_client.orchestration import runs
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -108,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--json is not valid JSON ({exc.msg})")
     if not isinstance(data, dict):
         fail("--json must be a JSON object")
-    write_atomically(args.out, json.dumps(build_manifest(data), indent=2, sort_keys=True) + "\n")
+    manifest = build_manifest(data)
+    # the run section (start, invocations, outcome, configurations done) is the timeline callback's
+    # (bench_client.orchestration.runs): a rewrite by a resumed run keeps it
+    manifest.update({k: v for k, v in (runs.read_json(args.out) or {}).items() if k == "run"})
+    write_atomically(args.out, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.out}")
     return 0
 

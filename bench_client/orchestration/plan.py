@@ -41,7 +41,7 @@ PAPER_SERVERS = 4
 CUDA_PROCESS_BYTES = 2**30
 # The bench_client role's defaults: the workload the attention cache is sized for when none is given.
 DEFAULT_WORKLOAD = {"batch_size": 1, "num_processes": 6, "prompt_lengths": [256, 512, 1024], "new_tokens": 32,
-                    "token_sweep": "none", "client_dtype": "float32"}
+                    "token_sweep": "none", "client_dtype": "float32", "repeats": 1}
 
 
 class PlanError(ValueError):
@@ -196,19 +196,20 @@ def resolve_workload(value: dict[str, Any] | None, model_name: str) -> dict[str,
     try:
         prompts = [int(p) for p in (json.loads(workload["prompt_lengths"]) if isinstance(workload["prompt_lengths"], str)
                                     else workload["prompt_lengths"])]
-        batch, processes, new_tokens = (int(workload[k]) for k in ("batch_size", "num_processes", "new_tokens"))
+        batch, processes, new_tokens, repeats = (int(workload[k]) for k in ("batch_size", "num_processes", "new_tokens",
+                                                                            "repeats"))
         sweep = parse_token_sweep(str(workload["token_sweep"]), model_name)
     except (TypeError, ValueError) as exc:
         raise PlanError(f"the client's workload (bench_client_* variables) is malformed: {exc}") from None
-    if not prompts or min(prompts) < 1 or batch < 1 or processes < 1 or new_tokens < 0:
-        raise PlanError(f"the client's workload needs prompt lengths >= 1, batch size and processes >= 1 and new tokens "
-                        f">= 0; got {workload}")
+    if not prompts or min(prompts) < 1 or batch < 1 or processes < 1 or new_tokens < 0 or repeats < 1:
+        raise PlanError(f"the client's workload needs prompt lengths >= 1, batch size, processes and repeats >= 1 and new "
+                        f"tokens >= 0; got {workload}")
     lengths, tokens = list(prompts), [new_tokens]
     if sweep is not None:
         lengths.append(TOKEN_SWEEP_PROMPT_LENGTH)
         tokens.append(max(sweep))
     return {"batch_size": batch, "num_processes": processes, "prompt_lengths": prompts, "new_tokens": new_tokens,
-            "token_sweep": str(workload["token_sweep"]), "client_dtype": str(workload["client_dtype"]),
+            "token_sweep": str(workload["token_sweep"]), "client_dtype": str(workload["client_dtype"]), "repeats": repeats,
             "attn_cache_tokens": attention_cache_tokens(batch, processes, lengths, tokens)}
 
 
