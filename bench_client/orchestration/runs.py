@@ -214,6 +214,13 @@ def workload_seconds(plan: dict[str, Any], profile: dict[str, Any]) -> float:
     return GUESS_CONFIG_S + transfer + step * (1 + int(workload.get("new_tokens") or 0))
 
 
+WORKLOAD = "a guess from the workload"
+
+
+def _earlier(count: int) -> str:
+    return f"the timelines of {count} earlier run{'s' if count > 1 else ''}"
+
+
 def estimate(plan: dict[str, Any], samples: list[dict[str, Any]],
              done: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
     """Wall time and GPU-hours of ``plan``: per profile, configurations left (planned less ``done``, a
@@ -229,9 +236,9 @@ def estimate(plan: dict[str, Any], samples: list[dict[str, Any]],
         rates = [s["profiles"][profile["name"]] / s["measured"][profile["name"]] for s in same
                  if s["measured"].get(profile["name"])]
         if rates:
-            seconds, source = configs * statistics.median(rates), f"timeline ({len(rates)} earlier)"
+            seconds, source = configs * statistics.median(rates), _earlier(len(rates))
         else:
-            seconds, source = (GUESS_PROFILE_S + configs * workload_seconds(plan, profile)) if configs else 0.0, "workload"
+            seconds, source = (GUESS_PROFILE_S + configs * workload_seconds(plan, profile)) if configs else 0.0, WORKLOAD
         profiles.append({"name": profile["name"], "configurations": configs, "seconds": round(seconds, 1),
                          "source": source})
         total += seconds
@@ -239,7 +246,7 @@ def estimate(plan: dict[str, Any], samples: list[dict[str, Any]],
     overhead = statistics.median(overheads) if overheads else GUESS_OVERHEAD_S
     wall = overhead + total
     return {"wall_s": round(wall, 1), "overhead_s": round(overhead, 1),
-            "overhead_source": f"timeline ({len(overheads)} earlier)" if overheads else "workload",
+            "overhead_source": _earlier(len(overheads)) if overheads else WORKLOAD,
             "gpu_hours": round(wall * int(plan.get("num_gpus") or 0) / 3600, 3), "profiles": profiles,
             "configurations": sum(p["configurations"] for p in profiles)}
 
@@ -248,6 +255,10 @@ def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds >= 3600 else \
         f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _shaping(describe: dict[str, Any] | None) -> str:
@@ -289,9 +300,9 @@ def format_plan(plan: dict[str, Any], hosts: dict[str, Any] | None = None) -> st
     by_name = {p["name"]: p for p in est.get("profiles") or []}
     for profile in plan.get("profiles") or []:
         part = by_name.get(profile["name"])
-        cost = f": {part['configurations']} configurations, ~{_duration(part['seconds'])} ({part['source']})" if part else ""
+        cost = f": {_count(part['configurations'], 'configuration')}, ~{_duration(part['seconds'])} from {part['source']}" if part else ""
         lines.append(f"  profile {profile['name']} ({_shaping(profile.get('describe'))}){cost}")
     if est:
-        lines.append(f"  estimate: ~{_duration(est['wall_s'])} wall ({est['configurations']} configurations, overhead "
+        lines.append(f"  estimate: ~{_duration(est['wall_s'])} wall ({_count(est['configurations'], 'configuration')}, overhead "
                      f"~{_duration(est['overhead_s'])} from {est['overhead_source']}), {est['gpu_hours']} GPU-hours")
     return "\n".join(lines)

@@ -56,8 +56,8 @@ def test_tags_plan_prints_the_plan_and_changes_nothing(tmp_path: Path):
                      "server localhost/server0: blocks 0:2 on cpu", "server localhost/server1: blocks 2:4 on cpu",
                      "attention cache", "headroom", "workload: batch 1 x 2 processes, prompts [16, 32]",
                      # the resumed run lacks 1 of its 2 configurations; 10 s each in the earlier run's timeline
-                     "profile none (no shaping): 1 configurations, ~0 min 10 s (timeline (1 earlier))",
-                     "overhead ~0 min 30 s from timeline (1 earlier)", "0.0 GPU-hours"):
+                     "profile none (no shaping): 1 configuration, ~0 min 10 s from the timelines of 1 earlier run",
+                     "overhead ~0 min 30 s from the timelines of 1 earlier run", "0.0 GPU-hours"):
         assert expected in out, expected
     # nothing started or written: no work directory, no task changed, no play past the pre-flight ran a task
     assert not workdir.exists()

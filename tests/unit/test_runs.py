@@ -142,10 +142,10 @@ def test_the_estimate_from_earlier_timelines_of_the_same_model_and_profile(tmp_p
     write_history(tmp_path, "other-model", {**p, "model": "facebook/opt-30b"}, 3000.0, {SLOW: 900.0}, 1000.0, {SLOW: 1})
     est = runs.estimate(p, runs.history(tmp_path))
     none, lan = est["profiles"]
-    assert (none["configurations"], none["seconds"], none["source"]) == (2, 24.0, "timeline (2 earlier)")
-    assert lan["source"] == "workload" and lan["seconds"] == pytest.approx(
+    assert (none["configurations"], none["seconds"], none["source"]) == (2, 24.0, "the timelines of 2 earlier runs")
+    assert lan["source"] == runs.WORKLOAD and lan["seconds"] == pytest.approx(
         runs.GUESS_PROFILE_S + 2 * runs.workload_seconds(p, p["profiles"][1]), abs=0.1)
-    assert (est["overhead_s"], est["overhead_source"]) == (50.0, "timeline (2 earlier)")
+    assert (est["overhead_s"], est["overhead_source"]) == (50.0, "the timelines of 2 earlier runs")
     assert est["wall_s"] == pytest.approx(50.0 + 24.0 + lan["seconds"], abs=0.1)
     assert est["gpu_hours"] == 0  # a CPU plan
     # a resumed run is estimated for the configurations it lacks
@@ -174,3 +174,13 @@ def test_the_printed_plan_names_everything_the_user_pays_for():
                      "headroom", "prompts [16, 32], 4 new tokens", f"profile {SLOW} (10 ms, 100 Mbit/s): 2 configurations",
                      "estimate: ~", "GPU-hours"):
         assert expected in text, expected
+
+
+def test_petals_netbench_prints_the_plan_the_preflight_computed():
+    import io
+
+    out = io.StringIO()
+    printer = runner.ProgressPrinter(out=out, now=lambda: 0.0)
+    printer({"event": "runner_on_ok", "event_data": {"host": "localhost", "role": "preflight", "task": "Compute the plan",
+                                                     "res": {"plan_text": "plan of run R: x\n  server a/server0: blocks 0:2"}}})
+    assert "          plan of run R: x\n            server a/server0: blocks 0:2\n" in out.getvalue()
