@@ -44,6 +44,8 @@ DOCUMENTATION = """
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 # Phases that alone are no experiment: a run of only these writes no timeline into a new results folder.
 QUIET_PHASES = ("preflight", "cleanup", "other")
+# Tasks that every play runs under any tag (a role's argument checks): they start no experiment either.
+ARGUMENT_CHECKS = ("validate_argument_spec", "ansible.builtin.validate_argument_spec")
 
 
 def _profile_of(task: Any) -> str | None:
@@ -80,6 +82,7 @@ class CallbackModule(CallbackBase):
                                                "start": round(self.started, 3)}]
         self.intervals: list[dict[str, Any]] = []
         self.plan: dict[str, Any] | None = None
+        self.experiment = False  # a task of an experiment phase started (not only pre-flight, cleanup, checks)
         self.recorded = False  # this invocation is in the manifest's run section (it ran an experiment task)
 
     def _emit(self, rec: dict[str, Any]) -> None:
@@ -92,7 +95,7 @@ class CallbackModule(CallbackBase):
         if self.path is None or not self.pending:
             return
         # `--tags cleanup` alone (a fresh run id each time) would leave a results folder holding only this
-        if not self.path.parent.exists() and all(r["phase"] in QUIET_PHASES for r in self.intervals):
+        if not self.path.parent.exists() and not self.experiment:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:  # one write per record: a crash cuts at most the last line
@@ -121,8 +124,10 @@ class CallbackModule(CallbackBase):
         role, path = timeline.task_role_and_path(task._role.get_name() if task._role else None, task.get_path(),
                                                  task.action, task.args or {})
         phase = timeline.classify(role, path, self.play_tags, self.play_name)
-        if phase not in QUIET_PHASES and not self.recorded and self.path is not None:
-            self._record(runs.RUNNING, None)
+        if phase not in QUIET_PHASES and task.action not in ARGUMENT_CHECKS:
+            self.experiment = True
+            if not self.recorded and self.path is not None:
+                self._record(runs.RUNNING, None)
         closed = self.segments.task_start(phase, _profile_of(task), time.time())
         if closed is not None:
             self._emit(closed.record(self.invocation))

@@ -42,13 +42,17 @@ def write_earlier_runs(results: Path) -> None:
             "invocation": run_id, "started_at": runs.iso(start), "finished_at": runs.iso(start + 50), "outcome": outcome})
 
 
+def site(tags: str, results: Path, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "site.yml", "--tags", tags, *extra,
+                           "-e", f"results_dir={results}", "-e", f"netbench_workdir={workdir}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
 def test_tags_plan_prints_the_plan_and_changes_nothing(tmp_path: Path):
     results, workdir = tmp_path / "results", tmp_path / "work"
     write_earlier_runs(results)
     before = snapshot(results)
-    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "site.yml", "--tags", "plan",
-                           "-e", "resume=true", "-e", f"results_dir={results}", "-e", f"netbench_workdir={workdir}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = site("plan", results, workdir, "-e", "resume=true")
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-2000:]
     assert f"plan of run {UNFINISHED}: netbench/tiny in float32, 4 blocks" in out, out[-3000:]
@@ -66,3 +70,4 @@ def test_tags_plan_prints_the_plan_and_changes_nothing(tmp_path: Path):
     tasks = [line for line in after_preflight.splitlines() if line.startswith("TASK [")]
     assert tasks and all("Validating arguments against arg spec" in line for line in tasks), tasks
     assert snapshot(results) == before
+
