@@ -345,11 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         extravars.update(item)
     if args.dtype:
         extravars["dtype"] = args.dtype
+    if not args.resume and str(extravars.pop("resume", "")).strip().lower() in ("true", "yes", "1", "on"):
+        args.resume = LATEST  # -e resume=true means what it means to site.yml (this wrapper names the run id itself)
     try:
         run_id = resume_options(args, extravars) if args.resume else args.run_id
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    run_id = run_id or extravars.get("run_id") or new_run_id()
+    # the playbook's own output (ansible-runner's stdout artifact) names this command, not runner's ansible-playbook
+    extravars.setdefault("netbench_resume_command", runs.resume_command(["petals-netbench", *argv], run_id, "--resume"))
     tags = "cleanup" if args.cleanup else args.tags
     if not args.cleanup:  # the play's last message names it (playbooks/experiment.yml)
         extravars.setdefault("netbench_cleanup_command", cleanup_command(args))
@@ -362,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tsvs = [str(d / "out.tsv") for d in result.profile_dirs]
     # a failed run that began its experiment (it has a manifest): the exact command that resumes it
-    resume = (runs.resume_command(["petals-netbench", *argv], result.run_id, "--resume")
+    resume = (extravars["netbench_resume_command"]
               if not result.ok and not args.cleanup and (result.results_dir / runs.MANIFEST_NAME).exists() else None)
     if args.json:
         print(json.dumps({"status": result.status, "rc": result.rc, "run_id": result.run_id,

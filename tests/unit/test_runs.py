@@ -184,3 +184,19 @@ def test_petals_netbench_prints_the_plan_the_preflight_computed():
     printer({"event": "runner_on_ok", "event_data": {"host": "localhost", "role": "preflight", "task": "Compute the plan",
                                                      "res": {"plan_text": "plan of run R: x\n  server a/server0: blocks 0:2"}}})
     assert "          plan of run R: x\n            server a/server0: blocks 0:2\n" in out.getvalue()
+
+
+def test_petals_netbench_takes_resume_true_as_resume(tmp_path: Path, monkeypatch):
+    """-e resume=true through the wrapper resumes too (it names the run id itself, which would hide it)."""
+    seen = {}
+
+    def fake_run(**kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(runner, "run_experiment", fake_run)
+    runs.record_invocation(tmp_path / RUN, plan(), invocation("a", runs.FAILED))
+    assert runner.main(["-e", "resume=true", "-e", f"results_dir={tmp_path}"]) == 2
+    assert seen["run_id"] == RUN and "resume" not in seen["extravars"]
+    assert seen["extravars"]["netbench_resume_command"].endswith(f"--resume {RUN}")
+    assert runner.main(["-e", "resume=true", "-e", f"results_dir={tmp_path / 'none'}"]) == 2  # nothing to resume
