@@ -97,10 +97,11 @@ def update_run_state(state: dict[str, Any] | None, invocation: dict[str, Any],
 
 
 def record_invocation(run_dir: Path, plan: dict[str, Any], invocation: dict[str, Any]) -> dict[str, Any]:
-    """Write this invocation into ``run_dir/manifest.json``'s run section (the manifest is created with
-    the run id alone where the experiment has not written it yet: a run that failed before)."""
+    """Write this invocation into ``run_dir/manifest.json``'s run section (where the experiment has not
+    written the manifest yet, a run that failed before it, it is created with the run id and the plan:
+    what a resume is checked against)."""
     path = run_dir / MANIFEST_NAME
-    manifest = read_json(path) or {"schema": 1, "run_id": plan.get("run_id") or run_dir.name}
+    manifest = read_json(path) or {"schema": 1, "run_id": plan.get("run_id") or run_dir.name, "plan": plan}
     manifest["run"] = update_run_state(manifest.get("run"), invocation, configurations_done(run_dir, plan))
     write_atomically(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest["run"]

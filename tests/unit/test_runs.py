@@ -50,6 +50,7 @@ def test_the_run_section_records_each_invocation_its_outcome_and_what_is_done(tm
     run_dir = tmp_path / RUN
     write_rows(run_dir, "none", [5.0])
     state = runs.record_invocation(run_dir, p, invocation("a", runs.RUNNING, end=None))
+    assert json.loads((run_dir / "manifest.json").read_text())["plan"] == p  # what a resume is checked against
     assert state["outcome"] == "running" and state["finished_at"] is None and not state["complete"]
     assert state["configurations"] == {"none": {"planned": 2, "done": 1}, SLOW: {"planned": 2, "done": 0}}
     assert runs.is_unfinished(run_dir)
