@@ -329,9 +329,11 @@ def physical_gpu(hosts: dict[str, HostInfo], host: str, gpu: int) -> tuple[str, 
 
 
 def check_gpu_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[str, HostInfo],
-                     workload: dict[str, Any], client_host: HostInfo) -> None:
+                     workload: dict[str, Any], client_host: HostInfo) -> list[dict[str, Any]]:
     """Refuse a GPU whose servers' blocks, attention caches and CUDA contexts (plus the client processes
-    when the client shares the host) do not fit the memory the probe found."""
+    when the client shares the host) do not fit the memory the probe found; else each GPU's use (the
+    plan prints its headroom)."""
+    used = []
     cache_tokens = workload["attn_cache_tokens"]
     by_gpu: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for server in servers:
@@ -354,6 +356,9 @@ def check_gpu_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: di
                 f"{cache_tokens} tokens (the workload's sessions) need {_gb(sum(parts.values()))} ({detail}) but the "
                 f"GPU has {_gb(capacity)}; lower netbench_servers_per_gpu, use more GPUs or a smaller dtype, or shrink "
                 "the workload (bench_client_num_processes, _batch_size, _prompt_lengths)")
+        used.append({"host": host, "gpu": gpu, "servers": len(on_gpu), "needed_bytes": int(sum(parts.values())),
+                     "capacity_bytes": capacity})
+    return used
 
 
 def check_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[str, HostInfo]) -> dict[str, Any]:
@@ -479,7 +484,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     become = plan_become(all_hosts, {name for name, info in server_hosts.items() if info.shaping})
     memory = check_memory(model, dtype, servers, server_hosts)
     client = groups["clients"][0]
-    check_gpu_memory(model, dtype, servers, server_hosts, workload, all_hosts[client])
+    gpu_memory = check_gpu_memory(model, dtype, servers, server_hosts, workload, all_hosts[client])
     # per-GPU throughput divides by GPUs, not servers (several servers may share one)
     num_gpus = len({physical_gpu(server_hosts, s["host"], s["gpu"]) for s in servers if s["gpu"] is not None})
     systems = parse_systems(config.get("systems"))
@@ -494,6 +499,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
         "servers_by_host": {h: [s for s in servers if s["host"] == h] for h in counts},
         "num_servers": len(servers), "num_gpus": num_gpus, "bench": bench, "become": become,
         "gpus_by_host": {h: len((data or {}).get("gpus_mib") or ()) for h, data in host_data.items()}, "memory": memory, "groups": groups,
+        "gpu_memory": gpu_memory,
     }
 
 

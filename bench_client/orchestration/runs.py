@@ -294,6 +294,9 @@ def format_plan(plan: dict[str, Any], hosts: dict[str, Any] | None = None) -> st
     if memory:
         lines.append(f"  memory: the blocks need {memory.get('needed_gb')} GB of the servers' {memory.get('available_gb')} GB "
                      f"(headroom {round(float(memory.get('available_gb', 0)) - float(memory.get('needed_gb', 0)), 2)} GB)")
+    for gpu in plan.get("gpu_memory") or []:  # blocks, attention caches, CUDA contexts, the client's processes
+        lines.append(f"  {gpu['host']} GPU {gpu['gpu']}: {gpu['servers']} server(s) use {gpu['needed_bytes'] / 1e9:.1f} of "
+                     f"{gpu['capacity_bytes'] / 1e9:.1f} GB (headroom {(gpu['capacity_bytes'] - gpu['needed_bytes']) / 1e9:.1f} GB)")
     lines.append(f"  workload: batch {workload.get('batch_size')} x {workload.get('num_processes')} processes, prompts "
                  f"{workload.get('prompt_lengths')}, {workload.get('new_tokens')} new tokens, token sweep "
                  f"{workload.get('token_sweep')}, repeats {workload.get('repeats', 1)}")

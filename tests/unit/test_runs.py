@@ -163,6 +163,13 @@ def test_the_workload_guess_grows_with_the_network_and_gpu_hours_with_the_gpus()
     assert slow - none > (1 + 4) * 4 * 0.2
     est = runs.estimate(gpu, [])
     assert est["gpu_hours"] == pytest.approx(est["wall_s"] * 4 / 3600, abs=0.001)
+    # each GPU's headroom: one server of 12 of OPT-30B's 48 blocks + its cache + a CUDA context, and on GPUs 0
+    # and 1 one of the client's 2 processes (this host is the client too)
+    text = runs.format_plan(gpu)
+    assert [line.split(":")[0].strip() for line in text.splitlines() if "headroom" in line and "GPU" in line] == \
+        [f"a GPU {i}" for i in range(4)]
+    assert "a GPU 2: 1 server(s) use 15.9 of 150.8 GB (headroom 134.8 GB)" in text, text
+    assert "a GPU 0: 1 server(s) use 18.4 of 150.8 GB (headroom 132.3 GB)" in text, text
 
 
 def test_the_printed_plan_names_everything_the_user_pays_for():
