@@ -27,6 +27,7 @@ from typing import Any
 
 from bench_client.core import environment, provenance
 from bench_client.core.processes import fail, write_atomically
+from bench_client.orchestration import runs
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -139,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except ValueError as exc:  # also an unreadable manifest: never overwritten
         fail(str(exc))
-    write_atomically(args.out, json.dumps(build_manifest(data), indent=2, sort_keys=True) + "\n")
+    manifest = build_manifest(data)
+    # the run section (start, invocations, outcome, configurations done) is the timeline callback's
+    # (bench_client.orchestration.runs): a rewrite by a resumed run keeps it
+    manifest.update({k: v for k, v in (runs.read_json(args.out) or {}).items() if k == "run"})
+    write_atomically(args.out, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.out}")
     return 0
 

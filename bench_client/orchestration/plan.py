@@ -43,7 +43,7 @@ PAPER_SERVERS = 4
 CUDA_PROCESS_BYTES = 2**30
 # The bench_client role's defaults: the workload the attention cache is sized for when none is given.
 DEFAULT_WORKLOAD = {"batch_size": 1, "num_processes": 6, "prompt_lengths": [256, 512, 1024], "new_tokens": 32,
-                    "token_sweep": "none", "client_dtype": "float32"}
+                    "token_sweep": "none", "client_dtype": "float32", "repeats": 1}
 
 
 class PlanError(ValueError):
@@ -202,19 +202,20 @@ def resolve_workload(value: dict[str, Any] | None, model_name: str) -> dict[str,
     try:
         prompts = [int(p) for p in (json.loads(workload["prompt_lengths"]) if isinstance(workload["prompt_lengths"], str)
                                     else workload["prompt_lengths"])]
-        batch, processes, new_tokens = (int(workload[k]) for k in ("batch_size", "num_processes", "new_tokens"))
+        batch, processes, new_tokens, repeats = (int(workload[k]) for k in ("batch_size", "num_processes", "new_tokens",
+                                                                            "repeats"))
         sweep = parse_token_sweep(str(workload["token_sweep"]), model_name)
     except (TypeError, ValueError) as exc:
         raise PlanError(f"the client's workload (bench_client_* variables) is malformed: {exc}") from None
-    if not prompts or min(prompts) < 1 or batch < 1 or processes < 1 or new_tokens < 0:
-        raise PlanError(f"the client's workload needs prompt lengths >= 1, batch size and processes >= 1 and new tokens "
-                        f">= 0; got {workload}")
+    if not prompts or min(prompts) < 1 or batch < 1 or processes < 1 or new_tokens < 0 or repeats < 1:
+        raise PlanError(f"the client's workload needs prompt lengths >= 1, batch size, processes and repeats >= 1 and new "
+                        f"tokens >= 0; got {workload}")
     lengths, tokens = list(prompts), [new_tokens]
     if sweep is not None:
         lengths.append(TOKEN_SWEEP_PROMPT_LENGTH)
         tokens.append(max(sweep))
     return {"batch_size": batch, "num_processes": processes, "prompt_lengths": prompts, "new_tokens": new_tokens,
-            "token_sweep": str(workload["token_sweep"]), "client_dtype": str(workload["client_dtype"]),
+            "token_sweep": str(workload["token_sweep"]), "client_dtype": str(workload["client_dtype"]), "repeats": repeats,
             "attn_cache_tokens": attention_cache_tokens(batch, processes, lengths, tokens)}
 
 
@@ -307,9 +308,11 @@ def physical_gpu(hosts: dict[str, HostInfo], host: str, gpu: int) -> tuple[str, 
 
 
 def check_gpu_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[str, HostInfo],
-                     workload: dict[str, Any], client_host: HostInfo) -> None:
+                     workload: dict[str, Any], client_host: HostInfo) -> list[dict[str, Any]]:
     """Refuse a GPU whose servers' blocks, attention caches and CUDA contexts (plus the client processes
-    when the client shares the host) do not fit the memory the probe found."""
+    when the client shares the host) do not fit the memory the probe found; else each GPU's use (the
+    plan prints its headroom)."""
+    used = []
     cache_tokens = workload["attn_cache_tokens"]
     by_gpu: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for server in servers:
@@ -332,6 +335,9 @@ def check_gpu_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: di
                 f"{cache_tokens} tokens (the workload's sessions) need {_gb(sum(parts.values()))} ({detail}) but the "
                 f"GPU has {_gb(capacity)}; lower netbench_servers_per_gpu, use more GPUs or a smaller dtype, or shrink "
                 "the workload (bench_client_num_processes, _batch_size, _prompt_lengths)")
+        used.append({"host": host, "gpu": gpu, "servers": len(on_gpu), "needed_bytes": int(sum(parts.values())),
+                     "capacity_bytes": capacity})
+    return used
 
 
 def check_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[str, HostInfo]) -> dict[str, Any]:
@@ -463,7 +469,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     become = plan_become(all_hosts, {name for name, info in server_hosts.items() if info.shaping})
     memory = check_memory(model, dtype, servers, server_hosts)
     client = groups["clients"][0]
-    check_gpu_memory(model, dtype, servers, server_hosts, workload, all_hosts[client])
+    gpu_memory = check_gpu_memory(model, dtype, servers, server_hosts, workload, all_hosts[client])
     # per-GPU throughput divides by GPUs, not servers (several servers may share one)
     num_gpus = len({physical_gpu(server_hosts, s["host"], s["gpu"]) for s in servers if s["gpu"] is not None})
     systems = parse_systems(config.get("systems"))
@@ -478,6 +484,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
         "servers_by_host": {h: [s for s in servers if s["host"] == h] for h in counts},
         "num_servers": len(servers), "num_gpus": num_gpus, "bench": bench, "become": become,
         "gpus_by_host": {h: len((data or {}).get("gpus_mib") or ()) for h, data in host_data.items()}, "memory": memory, "groups": groups,
+        "gpu_memory": gpu_memory,
     }
 
 

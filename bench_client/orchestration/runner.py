@@ -3,6 +3,8 @@
     petals-netbench                                   # local inventory, tiny model, no shaping
     petals-netbench -i inventory/emulated/hosts.yml -m facebook/opt-30b -p none,paper-10ms-100mbit
     petals-netbench --cleanup                         # the cleanup tag: stop everything of ours
+    petals-netbench --resume                          # the latest unfinished run, same options as it had
+    petals-netbench --tags plan                       # the plan and its estimate only: nothing changes
     python -m bench_client.orchestration.runner -e bench_client_new_tokens=8 --tags swarm,bench,fetch
 
 Prints one line per finished task and host while the play runs, every failure with its host, task
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from bench_client.core import processes, progress
-from bench_client.orchestration import timeline
+from bench_client.orchestration import runs, timeline
 
 PROJECT_DIR = Path(os.environ.get("NETBENCH_PROJECT_DIR", Path(__file__).resolve().parents[2]))
 DEFAULT_INVENTORY = "inventory/local/hosts.yml"
@@ -175,6 +177,9 @@ class ProgressPrinter:
             if status == "skipped" and not self.verbose:
                 return True
             self._print(f"{status:<8} {host:<16} {label} ({duration:.1f}s)")
+            if res.get("plan_text"):  # the pre-flight's plan (roles/preflight's netbench_plan), before any change
+                print("\n".join(f"          {line}" for line in str(res["plan_text"]).splitlines()), file=self.out,
+                      flush=True)
             if status in ("FAILED", "UNREACHABLE"):
                 failure = Failure(host, label, failure_message(res))
                 self.failures.append(failure)
@@ -349,8 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--profiles", default=None, help="network profiles, comma-separated (default: none)")
     p.add_argument("--dtype", default=None, help="weight dtype (default float16 on CUDA, float32 on CPU)")
     p.add_argument("--run-id", default=None, help="results folder name (default: UTC timestamp)")
+    p.add_argument("--resume", nargs="?", const=LATEST, default=None, metavar="RUN_ID",
+                   help="resume a run (default: the latest unfinished one under the results dir) with the options "
+                        "its manifest recorded where none are given: only configurations it lacks are measured")
     p.add_argument("-e", "--extra-vars", action="append", type=_parse_extravar, default=[], metavar="VARS")
-    p.add_argument("-t", "--tags", default=None, help="only these stages: provision,swarm,shaping,bench,fetch")
+    p.add_argument("-t", "--tags", default=None, help="only these stages: provision,swarm,shaping,bench,fetch; plan: print the plan and estimate, change nothing")
     p.add_argument("--skip-tags", default=None)
     p.add_argument("-l", "--limit", default=None, help="only these hosts (e.g. --cleanup of the hosts still reachable)")
     p.add_argument("--cleanup", action="store_true", help="run only the cleanup tag (stop everything, unshape)")
@@ -368,29 +376,70 @@ def cleanup_command(args: argparse.Namespace) -> str:
     return shlex.join(words + ["--cleanup"])
 
 
+LATEST = "latest"
+# What the manifest's extra_vars recorded (playbooks/experiment.yml) that --resume takes where not given now.
+RESUMED_OPTIONS = ("model", "profiles", "dtype", "systems", "repeats", "netbench_runtime")
+
+
+def resume_options(args: argparse.Namespace, extravars: dict[str, Any]) -> str:
+    """--resume: the run id it means (refused where there is no such run), with the run's recorded
+    model, profiles, inventory... filled into ``args``/``extravars`` where this command gives none."""
+    root = Path(extravars.get("results_dir") or PROJECT_DIR / "results")
+    run_id = runs.resume_run_id(root) if args.resume == LATEST else args.resume
+    if args.run_id and args.run_id != run_id:
+        raise ValueError(f"--resume {run_id} and --run-id {args.run_id} name two runs; give one")
+    manifest = runs.read_json(root / run_id / runs.MANIFEST_NAME)
+    if manifest is None:
+        raise ValueError(f"no run {run_id} to resume under {root} (no manifest.json there)")
+    recorded = manifest.get("extra_vars") or {}
+    if args.model is None and args.profiles is None:  # both or neither: a half-given configuration is the user's
+        args.model, args.profiles = recorded.get("model"), recorded.get("profiles")
+    for key in RESUMED_OPTIONS[2:]:
+        if recorded.get(key) is not None:
+            extravars.setdefault(key, recorded[key])
+    if args.inventory is None and manifest.get("inventory"):
+        args.inventory = str(manifest["inventory"])
+    return run_id
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     extravars: dict[str, Any] = {}
     for item in args.extra_vars:
         extravars.update(item)
     if args.dtype:
         extravars["dtype"] = args.dtype
+    if not args.resume and str(extravars.pop("resume", "")).strip().lower() in ("true", "yes", "1", "on"):
+        args.resume = LATEST  # -e resume=true means what it means to site.yml (this wrapper names the run id itself)
+    try:
+        run_id = resume_options(args, extravars) if args.resume else args.run_id
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_id = run_id or extravars.get("run_id") or new_run_id()
+    # the playbook's own output (ansible-runner's stdout artifact) names this command, not runner's ansible-playbook
+    extravars.setdefault("netbench_resume_command", runs.resume_command(["petals-netbench", *argv], run_id, "--resume"))
     tags = "cleanup" if args.cleanup else args.tags
     if not args.cleanup:  # the play's last message names it (playbooks/experiment.yml)
         extravars.setdefault("netbench_cleanup_command", cleanup_command(args))
     try:
         result = run_experiment(inventory=args.inventory, model=args.model, profiles=args.profiles,
                                 extravars=extravars, tags=tags, skip_tags=args.skip_tags, limit=args.limit,
-                                run_id=args.run_id,
+                                run_id=run_id,
                                 check=args.check, verbose=args.verbose)
     except (FileNotFoundError, ValueError) as exc:  # plan.PlanError (a bad run id) is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     tsvs = [str(d / "out.tsv") for d in result.profile_dirs]
+    # a failed run that began its experiment (it has a manifest): the exact command that resumes it
+    resume = (extravars["netbench_resume_command"]
+              if not result.ok and not args.cleanup and (result.results_dir / runs.MANIFEST_NAME).exists() else None)
     if args.json:
         print(json.dumps({"status": result.status, "rc": result.rc, "run_id": result.run_id,
                           "results_dir": str(result.results_dir), "tsv": tsvs, "wall_time_s": round(result.wall_time_s, 1),
-                          "failures": [f.__dict__ for f in result.failures], "timeline": result.timeline_summary()}, indent=2))
+                          "failures": [f.__dict__ for f in result.failures], "timeline": result.timeline_summary(),
+                          "resume_command": resume}, indent=2))
     else:
         print(f"{result.status} (rc {result.rc}) in {result.wall_time_s:.0f} s")
         for failure in result.failures:
@@ -404,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
             print(timeline.format_summary(summary))
         if not args.cleanup and not args.check and result.swarm_hosts:
             print(f"the swarm still runs on {', '.join(result.swarm_hosts)}; stop it with: {cleanup_command(args)}")
+        if resume:
+            print(f"run {result.run_id} is unfinished; resume it with: {resume}")
     return result.rc if result.rc is not None else 1
 
 

@@ -6,12 +6,18 @@ in a phase by its role, its tasks file and its play's tags (bench_client.orchest
 in a profile by the loop variable of playbooks/tasks/profile.yml's include (netbench_profile).
 Events are kept in memory until the pre-flight's plan names the run id, then appended line by line,
 so an interrupted run keeps what it had.
+
+It also keeps the run section of results/<run_id>/manifest.json (bench_client.orchestration.runs):
+the invocation recorded as running when its first experiment task starts, and its end, outcome and
+the configurations done when the playbook ends; a failed one ends with the command that resumes it.
+`--tags plan` (the pre-flight alone, printing the plan) writes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +26,9 @@ from ansible import context
 from ansible.plugins.callback import CallbackBase
 
 try:
-    from bench_client.orchestration import timeline
+    from bench_client.orchestration import runs, timeline
 except ImportError:  # bench_client not importable by this ansible-playbook: no timeline
-    timeline = None
+    runs = timeline = None
 
 DOCUMENTATION = """
     name: netbench_timeline
@@ -38,6 +44,8 @@ DOCUMENTATION = """
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 # Phases that alone are no experiment: a run of only these writes no timeline into a new results folder.
 QUIET_PHASES = ("preflight", "cleanup", "other")
+# Tasks that every play runs under any tag (a role's argument checks): they start no experiment either.
+ARGUMENT_CHECKS = ("validate_argument_spec", "ansible.builtin.validate_argument_spec")
 
 
 def _profile_of(task: Any) -> str | None:
@@ -59,17 +67,23 @@ class CallbackModule(CallbackBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.enabled = timeline is not None and not context.CLIARGS.get("check", False)  # check mode writes nothing
+        # check mode and the plan alone write nothing
+        self.enabled = (timeline is not None and not context.CLIARGS.get("check", False)
+                        and list(context.CLIARGS.get("tags") or []) != ["plan"])
         self.invocation = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
         self.started = time.time()
         self.segments = timeline.Segmenter() if timeline else None
         self.play_tags: list[str] = []
         self.play_name = ""
         self.results_root: Path | None = None
+        self._extra_vars: dict[str, Any] = {}
         self.path: Path | None = None  # results/<run_id>/timeline.jsonl once the plan names the run
         self.pending: list[dict[str, Any]] = [{"kind": "invocation", "invocation": self.invocation,
                                                "start": round(self.started, 3)}]
         self.intervals: list[dict[str, Any]] = []
+        self.plan: dict[str, Any] | None = None
+        self.experiment = False  # a task of an experiment phase started (not only pre-flight, cleanup, checks)
+        self.recorded = False  # this invocation is in the manifest's run section (it ran an experiment task)
 
     def _emit(self, rec: dict[str, Any]) -> None:
         self.pending.append(rec)
@@ -81,7 +95,7 @@ class CallbackModule(CallbackBase):
         if self.path is None or not self.pending:
             return
         # `--tags cleanup` alone (a fresh run id each time) would leave a results folder holding only this
-        if not self.path.parent.exists() and all(r["phase"] in QUIET_PHASES for r in self.intervals):
+        if not self.path.parent.exists() and not self.experiment:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:  # one write per record: a crash cuts at most the last line
@@ -101,8 +115,8 @@ class CallbackModule(CallbackBase):
         self.play_tags = list(play.tags or [])
         self.play_name = str(play.get_name() or "")
         if self.results_root is None:
-            extra = play.get_variable_manager().extra_vars
-            self.results_root = Path(extra.get("results_dir") or PROJECT_DIR / "results")
+            self._extra_vars = play.get_variable_manager().extra_vars
+            self.results_root = Path(self._extra_vars.get("results_dir") or PROJECT_DIR / "results")
 
     def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
         if not self.enabled:
@@ -110,6 +124,10 @@ class CallbackModule(CallbackBase):
         role, path = timeline.task_role_and_path(task._role.get_name() if task._role else None, task.get_path(),
                                                  task.action, task.args or {})
         phase = timeline.classify(role, path, self.play_tags, self.play_name)
+        if phase not in QUIET_PHASES and task.action not in ARGUMENT_CHECKS:
+            self.experiment = True
+            if not self.recorded and self.path is not None:
+                self._record(runs.RUNNING, None)
         closed = self.segments.task_start(phase, _profile_of(task), time.time())
         if closed is not None:
             self._emit(closed.record(self.invocation))
@@ -123,6 +141,7 @@ class CallbackModule(CallbackBase):
         self.segments.task_end(result._host.get_name(), time.time())
         plan = (result._result.get("ansible_facts") or {}).get("netbench_plan")
         if self.path is None and isinstance(plan, dict) and plan.get("run_id"):
+            self.plan = plan
             self.path = self.results_root / str(plan["run_id"]) / timeline.TIMELINE_NAME
             self._flush()
 
@@ -138,11 +157,26 @@ class CallbackModule(CallbackBase):
     def v2_runner_on_unreachable(self, result: Any) -> None:
         self._task_end(result)
 
+    def _record(self, outcome: str, end: float | None) -> None:
+        """This invocation in the manifest's run section (start, end, outcome, configurations done)."""
+        self.recorded = True
+        runs.record_invocation(self.path.parent, self.plan, {
+            "invocation": self.invocation, "started_at": runs.iso(self.started), "finished_at": runs.iso(end),
+            "outcome": outcome, "tags": list(context.CLIARGS.get("tags") or [])})
+
+    def _resume_hint(self) -> str:
+        """The command that resumes this run: petals-netbench's own (it passes it), else this command line."""
+        given = self._extra_vars.get("netbench_resume_command")
+        return str(given) if given else runs.resume_command(list(sys.argv), str(self.plan["run_id"]), "-e")
+
     def v2_playbook_on_stats(self, stats: Any) -> None:
         if not self.enabled:
             return
         self._close()
         end = time.time()
+        failed = any(stats.failures.get(h) or stats.dark.get(h) for h in stats.processed)
+        if self.recorded:
+            self._record(runs.FAILED if failed else runs.SUCCESSFUL, end)
         measured = timeline.measured_seconds(self.path.parent, self.started) if self.path else 0.0
         rec = timeline.summary(self.invocation, self.started, end, self.intervals, measured)
         self._emit(rec)
@@ -150,3 +184,7 @@ class CallbackModule(CallbackBase):
         self._display.display(timeline.format_summary(rec))
         if self.path is not None:
             self._display.display(f"timeline: {self.path}")
+        # a run that failed after its experiment began (now or in an earlier invocation of this run id)
+        if failed and self.path is not None and (self.path.parent / runs.MANIFEST_NAME).exists():
+            self._display.display(f"run {self.plan['run_id']} is unfinished; resume it with: {self._resume_hint()}",
+                                  color="bright red")

@@ -21,6 +21,7 @@ import yaml
 
 from bench_client.core.daemon import Record, group_members
 from bench_client.core.provenance import git_state
+from bench_client.orchestration import runs
 from bench_client.orchestration.runner import PROJECT_DIR, run_experiment
 from secrets_scan import leaks
 
@@ -102,6 +103,10 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         assert manifest["run_id"] == run.run_id and manifest["plan"]["run_id"] == run.run_id
         assert len(manifest["git"]["commit"]) == 40 and "localhost" in manifest["hosts"]
         assert manifest["extra_vars"]["systems"] is None and manifest["plan"]["systems"] == ["petals"]
+        # its run section (the timeline callback): one invocation, successful, every configuration done
+        assert (manifest["run"]["outcome"], manifest["run"]["complete"], len(manifest["run"]["invocations"])) == \
+            ("successful", True, 1)
+        assert manifest["run"]["configurations"] == {"none": {"planned": 2, "done": 2}}
         # what launched the rows and from which commit (the controller's checkout, through the plan)
         assert {m["launcher"] for m in meta} == {"ansible"}
         assert {m["git"]["commit"] for m in meta} == {git_state()["commit"]} and git_state()["commit"]
@@ -179,6 +184,11 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
         new_rows = [json.loads(line) for name in ("lan-a", "lan-b")
                     for line in (run.results_dir / name / "out.jsonl").read_text().splitlines()]
         assert resumed.timeline_summary()["measured_s"] == pytest.approx(sum(m["wall_time_s"] for m in new_rows), abs=1e-3)
+        # the manifest, rewritten by the resumed run, kept the run section: three invocations, nothing left to resume
+        state = json.loads((run.results_dir / "manifest.json").read_text())["run"]
+        assert [i["outcome"] for i in state["invocations"]] == ["successful"] * 3 and state["complete"]
+        assert state["configurations"] == {name: {"planned": 2, "done": 2} for name in ("none", "lan-a", "lan-b")}
+        assert runs.latest_unfinished(results) is None
         # ansible-playbook's own output (the runner's stdout of each invocation) ends with the breakdown
         for stdout in sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*/stdout")):
             assert re.search(r"^measured [\d.]+ s of [\d.]+ s wall: duty ratio [\d.]+ %$", stdout.read_text(), re.M), stdout
@@ -205,6 +215,8 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
     # --limit to the hosts still reachable: no plan asked of the others, nothing left to change
     limited = run_experiment(inventory=ghost, extravars=common, tags="cleanup", limit="localhost", out=io.StringIO())
     assert limited.ok and limited.changed() == {"localhost": 0}, limited.failures
+    # a cleanup alone (its own fresh run id) is no run: no results folder that --resume would take for one
+    assert not (results / cleanup.run_id).exists() and not (results / limited.run_id).exists()
     # every process of the swarm ended on SIGTERM (none was killed) and left nothing in /dev/shm
     assert stop_signals(cleanup.run_id) == ["SIGTERM"] * 2  # the DHT and the one server left (the client had ended)
     assert shared_memory_files() - shm_before == set()

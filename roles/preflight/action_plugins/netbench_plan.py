@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ansible.errors import AnsibleActionFail
@@ -27,7 +28,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         try:
-            from bench_client.orchestration import plan
+            from bench_client.orchestration import plan, runs
         except ImportError as exc:
             raise AnsibleActionFail(
                 f"bench_client is not importable by ansible-playbook's Python ({sys.executable}): {exc}; "
@@ -46,10 +47,20 @@ class ActionModule(ActionBase):
             for host in (config.get("hosts") or {}).values():
                 if isinstance(host, dict):
                     host["become_password"] = True
+        # not the plan's input: where resume looks and the estimate reads earlier timelines (controller only)
+        results_root = Path(str(config.pop("results_dir", None) or "results"))
+        resume = str(config.pop("resume", False)).strip().lower() in ("true", "yes", "1", "on")
         try:
+            if resume and not config.get("run_id"):
+                config["run_id"] = runs.resume_run_id(results_root)
             result["plan"] = plan.run_plan(config)
-        except plan.PlanError as exc:
+        except ValueError as exc:  # a PlanError, or no unfinished run to resume
             result.update(failed=True, msg=str(exc))
             return result
+        found = result["plan"]
+        # a resumed run is estimated for what it still lacks; its own timeline is not history
+        done = runs.configurations_done(results_root / found["run_id"], found)
+        found["estimate"] = runs.estimate(found, runs.history(results_root, skip=[found["run_id"]]), done)
+        result["plan_text"] = runs.format_plan(found, config.get("hosts"))
         result["changed"] = False
         return result
