@@ -218,6 +218,7 @@ _BOOL = Spec(boolean, "ture")
 VARIABLES: dict[str, Spec] = {
     # shared (roles/netbench and the inventory)
     "repeats": Spec(_POSITIVE, 0),
+    "resume": _BOOL,  # the latest unfinished run's id (bench_client.orchestration.runs)
     "results_dir": Spec(path(absolute=False), "", blank_unset=False),
     "netbench_workdir": Spec(path(absolute=True), "/", blank_unset=False),
     "netbench_device": Spec(choice("cpu", "cuda"), "gpu"),
