@@ -23,7 +23,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 def write_earlier_runs(results: Path) -> None:
     """Two runs of the local default (netbench/tiny, profile none, 2 configurations per profile)."""
-    plan = {"model": "netbench/tiny", "run_id": EARLIER, "profiles": [{"name": "none"}],
+    plan = {"model": "netbench/tiny", "dtype": "float32", "run_id": EARLIER, "profiles": [{"name": "none"}],
             "workload": {"prompt_lengths": [16, 32], "new_tokens": 4, "token_sweep": "none"}}
     for run_id, rows, outcome, start in ((EARLIER, 2, runs.SUCCESSFUL, 1000.0), (UNFINISHED, 1, runs.FAILED, 5000.0)):
         run_dir = results / run_id
