@@ -214,7 +214,7 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
             locks.append(hold_lock(args.lock, args.output))
         writer.prepare()
         run_identity = {"model": spec.name, "dht_prefix": spec.dht_prefix, "client_dtype": args.client_dtype,
-                        "network_profile": args.network_profile, "warmup": args.warmup}
+                        "network_profile": args.network_profile}  # not the warm-up: untimed, and every row records it
         writer.check_identity({k: run_identity[k] for k in RUN_IDENTITY})
         done = writer.done(args.batch_size, args.num_micro_batches, args.num_processes)
     except (UnknownModelError, PeerError, ValueError) as exc:  # ResultsFileError is a ValueError

@@ -21,7 +21,7 @@ TSV_COLUMNS = ("batch_size", "num_micro_batches", "num_processes", "prompt_lengt
 SCHEMA_VERSION = 1
 # What defines a measurement besides its sweep point: every row of one output must agree on these, so a
 # rerun resumes only the same experiment (the run's choices first; the swarm's, known once connected).
-RUN_IDENTITY = ("model", "dht_prefix", "client_dtype", "network_profile", "warmup")
+RUN_IDENTITY = ("model", "dht_prefix", "client_dtype", "network_profile")
 # Not the server count: a server replaced after a failure (or a stale DHT record) changes it, and resuming
 # there is the point of resuming.
 SWARM_IDENTITY = ("weight_dtype",)
