@@ -56,11 +56,14 @@ class VM:
 
 
 class VMCluster:
+    _made = 0  # clusters of this process: each gets its own namespace (the shared one may still run)
+
     def __init__(self, count: int = 2, memory_mb: int = 512, workdir: Path | None = None) -> None:
         self.count = count
         self.memory_mb = memory_mb
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="netbench-vm-"))
-        self.netns = f"nbvm{os.getpid()}"
+        VMCluster._made += 1
+        self.netns = f"nbvm{os.getpid()}-{VMCluster._made}"
         self.control_dir = self.workdir / "cp"  # fresh per cluster: stale masters hung runs before
         self.vms: list[VM] = []
         # extra inventory groups, e.g. {"servers": ["vm1", "vm2"], "clients": ["vm1"]} for site.yml's plays
