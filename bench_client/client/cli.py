@@ -26,7 +26,7 @@ from bench_client.core.metrics import GenerateTiming, summarize
 from bench_client.core.models import UnknownModelError, get_model, write_model_dir
 from bench_client.swarm.peers import PeerError, resolve_initial_peers
 from bench_client.core.processes import fail
-from bench_client.core.results import RUN_IDENTITY, SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
+from bench_client.core.results import SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
 from bench_client.swarm.server import DEFAULT_MODELS_DIR
 from bench_client.core.sweep import (DEFAULT_WARMUP, WARMUPS, ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining,
                                      repeat_of, repeat_sweep)
@@ -213,9 +213,9 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
         if args.lock:  # before the output is read: what is done must not change under us
             locks.append(hold_lock(args.lock, args.output))
         writer.prepare()
-        run_identity = {"model": spec.name, "dht_prefix": spec.dht_prefix, "client_dtype": args.client_dtype,
-                        "network_profile": args.network_profile}  # not the warm-up: untimed, and every row records it
-        writer.check_identity({k: run_identity[k] for k in RUN_IDENTITY})
+        # not the warm-up: untimed, and every row records it
+        writer.check_identity({"model": spec.name, "dht_prefix": spec.dht_prefix, "client_dtype": args.client_dtype,
+                               "network_profile": args.network_profile})
         done = writer.done(args.batch_size, args.num_micro_batches, args.num_processes)
     except (UnknownModelError, PeerError, ValueError) as exc:  # ResultsFileError is a ValueError
         fail(str(exc))

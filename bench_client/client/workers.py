@@ -219,7 +219,7 @@ class WorkerPool:
         ready = self._collect("ready", timeout, cancelled)
         self.barrier.wait(timeout=timeout)  # every process starts its timed calls together
         done = self._collect("done", timeout, cancelled)
-        warmup = {"policy": task.warmup, "kind": "+".join(sorted({r["kind"] for r in ready.values()})),  # type: ignore[index]
+        warmup = {"kind": "+".join(sorted({r["kind"] for r in ready.values()})),  # type: ignore[index]
                   "seconds": max(r["seconds"] for r in ready.values())}  # type: ignore[index]
         return [done[i] for i in range(self.num_processes)], warmup  # type: ignore[misc]
 
