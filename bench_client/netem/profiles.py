@@ -508,18 +508,20 @@ def expected_rtt_ms(own: Profile | None, peer: Profile | None) -> float:
 def judge(own: Profile | None, peer: Profile | None, measured: dict[str, float],
           tol: Tolerance = Tolerance()) -> list[str]:
     """Why ``measured`` (parse_ping + parse_iperf3 towards one peer) does not show the shaping.
-    Delay: the minimum RTT at least the sum of both delays (less the jitters), the median RTT at
-    most that sum + tol.rtt_ms. Rate: this host's egress rate is a cap, and is reached within
+    Delay: the minimum RTT between the sum of both delays (less the jitters) and that sum +
+    tol.rtt_ms (more the jitters). The minimum, not the median, bounds it from above: a delay that
+    is really there twice (two profiles, a leftover qdisc) raises every ping, while a busy machine
+    delays some of them (CI's 2 cores under qemu TCG read a median of 29.4 ms over a minimum near
+    21 ms for 10 ms + 10 ms). Rate: this host's egress rate is a cap, and is reached within
     tol.rate_achieved."""
     problems = []
     want = expected_rtt_ms(own, peer)
     jitter = sum(p.jitter_us for p in (own, peer) if p) / 1000
-    low = measured.get("rtt_min_ms")
-    mid = measured.get("rtt_median_ms", measured.get("rtt_avg_ms"))
+    low = measured.get("rtt_min_ms", measured.get("rtt_median_ms", measured.get("rtt_avg_ms")))
     if low is not None and low < want - jitter - 0.2:
         problems.append(f"RTT {low:.2f} ms is below the configured {want:g} ms: the delay is not in effect")
-    elif mid is not None and mid > want + jitter + tol.rtt_ms:
-        problems.append(f"median RTT {mid:.2f} ms exceeds the configured {want:g} ms by more than {tol.rtt_ms:g} ms")
+    elif low is not None and low > want + jitter + tol.rtt_ms:
+        problems.append(f"minimum RTT {low:.2f} ms exceeds the configured {want:g} ms by more than {tol.rtt_ms:g} ms")
     rate = measured.get("rate_mbit")
     if own and own.rate_bit and rate is not None:
         cap = own.rate_bit / 1e6

@@ -33,7 +33,7 @@ from test_netem_router_vm import bundle
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 PROFILE = "paper-10ms-100mbit"
-# 10 pings: the median must not be one packet that met a busy 2-core CI machine; the router (TCG)
+# 10 pings: their minimum must not be one packet that met a busy 2-core CI machine; the router (TCG)
 # adds ~1-2 ms per crossing there, hence 8 ms over the 20 ms of two shaped servers
 MEASURE = [*SWEEP, "-e", "netem_ping_count=10", "-e", "netem_rtt_tolerance_ms=8"]
 

@@ -257,7 +257,8 @@ def test_judge_delay_exactly_and_rate_as_cap():
     assert netem.judge(p, p, ok) == []  # one slow ping moves the average, not the verdict
     assert netem.expected_rtt_ms(p, p) == 20.0
     assert "not in effect" in netem.judge(p, p, {**ok, "rtt_min_ms": 1.1, "rtt_median_ms": 1.2})[0]  # no delay
-    assert "exceeds the configured" in netem.judge(p, p, {**ok, "rtt_median_ms": 40.0})[0]
+    assert "exceeds the configured" in netem.judge(p, p, {**ok, "rtt_min_ms": 40.2, "rtt_median_ms": 40.5})[0]  # twice
+    assert netem.judge(p, p, {**ok, "rtt_median_ms": 29.4}) == []  # some pings met a busy machine
     assert "exceeds the 100 Mbit/s cap" in netem.judge(p, p, {**ok, "rate_mbit": 900.0})[0]
     assert "below 85%" in netem.judge(p, p, {**ok, "rate_mbit": 50.0})[0]
     loose = netem.Tolerance(rate_achieved=0)
