@@ -63,6 +63,11 @@ What broke, and when each piece can go:
    They share only those small buffers: ``apply`` makes them pass descriptors, which leave no file.
    Servers, which share every request's tensors, keep the files (``apply(tensor_files=True)``); their
    stopper removes them (bench_client.core.processes). Remove when hivemind cleans up its buffers.
+11. hivemind puts p2pd's and every P2P client's unix sockets in /tmp whatever TMPDIR says
+   (``P2P._UNIX_SOCKET_PREFIX = "/unix/tmp/hivemind-"``), and a process that is killed, or exits
+   without its P2P shutdown, leaves them there. ``sockets_in_tmpdir`` moves them to this process's
+   temporary directory, the private TMPDIR that bench_client.core.daemon gives every group it starts
+   and removes when it stops it. Remove when hivemind honours TMPDIR.
 """
 
 from __future__ import annotations
@@ -291,6 +296,15 @@ PRIVATE_P2P_OPTIONS = {"nat_port_map": False, "auto_nat": False, "use_relay": Fa
                        "use_ipfs": False}
 
 
+def sockets_in_tmpdir() -> None:
+    """hivemind's unix sockets in ``tempfile.gettempdir()`` (TMPDIR), not in /tmp (item 11)."""
+    import tempfile
+
+    from hivemind.p2p import P2P
+
+    P2P._UNIX_SOCKET_PREFIX = f"/unix{tempfile.gettempdir()}/hivemind-"
+
+
 def keep_p2p_private() -> None:
     """Make every p2pd this process (and its forked DHT processes) starts run with PRIVATE_P2P_OPTIONS.
 
@@ -393,6 +407,7 @@ def apply(quantisation: bool = False, tensor_files: bool = False) -> None:
     _reexport_hivemind_names()
     _disable_version_check()
     keep_p2p_private()  # no NAT port mapping, AutoNAT or relays: nothing sent beyond the experiment's hosts
+    sockets_in_tmpdir()
     _close_sessions_even_on_broken_pipe()
     _recover_server_sessions()
     _route_around_failed_servers()

@@ -8,7 +8,9 @@
 Each process is started in its own session (so it leads a new process group) and its PID, PGID,
 start time and command line are recorded in a JSON pidfile. ``stop`` sends SIGTERM to the process
 it started, then to whatever of its group is left, SIGKILL after a timeout, never by name, and says
-which signal ended the group (``"signal"``: SIGTERM when nothing had to be killed). Every call prints one JSON object with a
+which signal ended the group (``"signal"``: SIGTERM when nothing had to be killed). Each group gets a private
+TMPDIR (recorded in the pidfile) that its stop, or the end of ``run``, removes: the sockets and folders
+its processes' helpers make there go with it. Every call prints one JSON object with a
 ``changed`` key, so Ansible tasks can report changes honestly: ``start`` of a process that is
 already running with the same command line changes nothing (idempotent second runs).
 No torch or petals import here: this runs in well under a second on every host.
@@ -26,8 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_client.core.processes import (ProcessError, Identity, descendants, group_members, start_ticks, terminate,
-                                    write_atomically)
+from bench_client.core.processes import (ProcessError, Identity, descendants, group_members, make_private_tmpdir,
+                                         remove_private_tmpdir, start_ticks, terminate, write_atomically)
 
 
 class DaemonError(RuntimeError):
@@ -43,6 +45,7 @@ class Record:
     log: str
     boot_id: str = ""
     token: str = ""  # processes.Identity: in the environment of every process the command starts
+    tmpdir: str = ""  # the group's TMPDIR (processes.make_private_tmpdir), removed when it is stopped
 
     @property
     def identity(self) -> Identity | None:
@@ -53,13 +56,19 @@ class Record:
         try:
             data = json.loads(path.read_text())
             return cls(int(data["pid"]), int(data["pgid"]), int(data["start_ticks"]), list(data["argv"]), data["log"],
-                       str(data.get("boot_id", "")), str(data.get("token", "")))
+                       str(data.get("boot_id", "")), str(data.get("token", "")), str(data.get("tmpdir", "")))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     @classmethod
-    def started(cls, pid: int, argv: list[str], log: str, identity: Identity) -> Record:
-        return cls(pid, pid, start_ticks(pid) or 0, argv, log, identity.boot_id, identity.token)
+    def started(cls, pid: int, argv: list[str], log: str, identity: Identity, tmpdir: str = "") -> Record:
+        return cls(pid, pid, start_ticks(pid) or 0, argv, log, identity.boot_id, identity.token, tmpdir)
+
+    def remove_tmpdir(self) -> None:
+        """The group's private TMPDIR, once nothing of the group runs; a pidfile without our token names
+        nothing we made."""
+        if self.token:
+            remove_private_tmpdir(self.tmpdir)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,18 +109,18 @@ def start(argv: list[str], pidfile: Path, log: Path, env: dict[str, str] | None 
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)  # a stale file from an earlier run must not count as ready
     log.parent.mkdir(parents=True, exist_ok=True)
-    identity = Identity.new()
+    identity, tmpdir = Identity.new(), make_private_tmpdir()
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=cwd, env={**os.environ, **(env or {}), **identity.env()},
-                                close_fds=True)
-    record = Record.started(proc.pid, argv, str(log), identity)
+                                start_new_session=True, cwd=cwd,
+                                env={**os.environ, **(env or {}), **identity.env(), "TMPDIR": tmpdir}, close_fds=True)
+    record = Record.started(proc.pid, argv, str(log), identity, tmpdir)
     record.save(pidfile)
     if ready_file is not None:
         deadline = time.monotonic() + ready_timeout
         while not ready_file.exists():
             if proc.poll() is not None:
-                pidfile.unlink(missing_ok=True)
+                stop(pidfile)  # its helpers, its private TMPDIR
                 raise DaemonError(f"{argv[0]} exited with code {proc.returncode} before it was ready; "
                                   f"last lines of {log}:\n{_log_tail(str(log))}")
             if time.monotonic() > deadline:
@@ -128,9 +137,11 @@ def stop(pidfile: Path, timeout: float = 20.0) -> dict:
         pidfile.unlink(missing_ok=True)
         return {"changed": False, "running": False}
     if not is_running(record):
+        record.remove_tmpdir()  # a group that was killed leaves its TMPDIR
         pidfile.unlink(missing_ok=True)
         return {"changed": False, "running": False, "pid": record.pid}
     sig = terminate(record.pgid, timeout, identity=record.identity, leader=(record.pid, record.start_ticks))
+    record.remove_tmpdir()
     pidfile.unlink(missing_ok=True)
     return {"changed": True, "running": False, "pid": record.pid, "signal": sig.name}
 
@@ -165,10 +176,12 @@ def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
         print(f"daemon: taking over from the same command still running as pid {previous.pid} "
               "(an interrupted run); stopping it", file=sys.stderr)
         terminate(previous.pgid, identity=previous.identity)
+        previous.remove_tmpdir()
     _become_subreaper()  # orphans of CMD (setsid'ed helpers too) become our children, not init's
-    identity = Identity.new()
-    proc = subprocess.Popen(argv, start_new_session=True, env={**os.environ, **identity.env()})
-    Record.started(proc.pid, argv, "-", identity).save(pidfile)
+    identity, tmpdir = Identity.new(), make_private_tmpdir()
+    proc = subprocess.Popen(argv, start_new_session=True, env={**os.environ, **identity.env(), "TMPDIR": tmpdir})
+    record = Record.started(proc.pid, argv, "-", identity, tmpdir)
+    record.save(pidfile)
 
     def forward(signum, frame):  # noqa: ARG001  (Ansible's async timeout or a Ctrl-C reaches us)
         # to CMD alone, which stops its own helpers (processes.stop_leader says why); the finally
@@ -188,6 +201,7 @@ def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
             print(f"daemon: stopping {len(leftovers)} process(es) {argv[0]} left behind: {leftovers}", file=sys.stderr)
             terminate(proc.pid, timeout=grace, extra=leftovers, identity=identity)
         _reap()
+        record.remove_tmpdir()
         current = Record.load(pidfile)
         if current is None or current.pid == proc.pid:  # a run that took over from us owns the pidfile now
             pidfile.unlink(missing_ok=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -246,6 +248,34 @@ def remove_leftovers(pids: dict[int, int] | list[int], sockets: set[str]) -> lis
         except OSError:
             continue
     return removed
+
+
+# Every process the daemon starts gets a private temporary directory (TMPDIR): what its helpers make
+# there (multiprocessing's pymp-* folders and listener sockets, torch_shm_manager's torch-shm-dir-*,
+# hivemind's p2pd and client sockets: compat item 11) goes with it when the group is stopped, also
+# when a process was killed and could not clean up itself.
+PRIVATE_TMPDIR_PREFIX = "netbench-proc-"
+
+
+def make_private_tmpdir() -> str:
+    """A fresh directory under the system's temporary directory (short: unix socket paths live there)."""
+    return tempfile.mkdtemp(prefix=PRIVATE_TMPDIR_PREFIX)
+
+
+def remove_private_tmpdir(path: str) -> bool:
+    """Remove a directory ``make_private_tmpdir`` made: only a real directory (no symlink) of this user
+    whose name has our prefix; anything else a pidfile names is left alone."""
+    if not path:
+        return False
+    tmpdir = Path(path)
+    try:
+        info = tmpdir.lstat()
+    except OSError:
+        return False
+    if not (stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and tmpdir.name.startswith(PRIVATE_TMPDIR_PREFIX)):
+        return False
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    return not tmpdir.exists()
 
 
 def terminate(pgid: int, timeout: float = 20.0, extra: list[int] | None = None,

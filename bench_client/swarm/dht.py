@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     options = node_options(args)
     compat.import_without_package_inits()
     compat.keep_p2p_private()  # no NAT port mapping, AutoNAT or relays (compat item 7)
+    compat.sockets_in_tmpdir()  # in the daemon's private TMPDIR (compat item 11)
     exit_on_sigterm()  # until the event loop takes SIGTERM over
     try:
         asyncio.run(serve(args, options))
