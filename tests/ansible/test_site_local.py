@@ -14,6 +14,8 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,28 @@ def shared_memory_files() -> set[str]:
     return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(("torch_", "sem.mp-"))}
 
 
+# What our processes and Ansible make in /tmp: hivemind's unix sockets (hivemind-p2pd-*.sock,
+# hivemind-p2pclient-*.sock), multiprocessing's pymp-* folders, torch_shm_manager's torch-shm-dir-*,
+# the daemon's private TMPDIRs, Ansible's module payloads and temporary folders.
+TEMPORARY_PATTERNS = ("hivemind-", "pymp-", "torch-shm-dir-", "netbench-proc-", "ansible-tmp-", "ansible-local-",
+                      "ansible_")
+
+
+def temporary_files(root: Path = Path("/tmp")) -> set[str]:
+    """``root``'s entries of our kinds (other tools' files there are no business of this test)."""
+    return {p.name for p in root.iterdir() if p.name.startswith(TEMPORARY_PATTERNS)}
+
+
+def lasting(new: set[str], root: Path = Path("/tmp"), wait: float = 10.0) -> set[str]:
+    """Those of ``new`` still there after ``wait`` seconds: another tool's file in use (a module payload
+    of another Ansible, a socket of another test's process) goes away, a leftover stays."""
+    deadline = time.monotonic() + wait
+    while new and time.monotonic() < deadline:
+        time.sleep(0.5)
+        new = {name for name in new if (root / name).exists()}
+    return new
+
+
 def stop_signals(run_id: str) -> list[str]:
     """The signal that ended each process group stopped by a run (bench_client.core.daemon stop's JSON),
     read from the runner's event logs of that run."""
@@ -77,12 +101,17 @@ def stop_signals(run_id: str) -> list[str]:
     return signals
 
 
-def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
+def test_local_site_end_to_end_idempotent_and_clean(tmp_path, monkeypatch):
+    # every process of the runs (ansible-playbook, its modules, all they start) gets a TMPDIR of this
+    # test's own: what is left there is ours, whatever else runs on the machine; /tmp is watched too, for
+    # what ignores TMPDIR (short: unix socket paths are made under it)
+    private_tmp = Path(tempfile.mkdtemp(prefix="netbench-test-"))
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
     workdir = tmp_path / "work"
     results = tmp_path / "results"
     common = {"netbench_workdir": str(workdir), "results_dir": str(results), "petals_dht_persistent_identity": True}
     inventory, canaries = inventory_with_canaries(tmp_path)
-    shm_before = shared_memory_files()
+    shm_before, tmp_before = shared_memory_files(), temporary_files()
     out = io.StringIO()
     run = run_experiment(inventory=inventory, extravars=common, out=out)
     try:
@@ -217,8 +246,12 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path):
     assert limited.ok and limited.changed() == {"localhost": 0}, limited.failures
     # a cleanup alone (its own fresh run id) is no run: no results folder that --resume would take for one
     assert not (results / cleanup.run_id).exists() and not (results / limited.run_id).exists()
-    # every process of the swarm ended on SIGTERM (none was killed) and left nothing in /dev/shm
+    # every process of the swarm ended on SIGTERM (none was killed) and left nothing in /tmp (TMPDIR or not:
+    # no socket, multiprocessing or torch folder, daemon TMPDIR, Ansible payload) ...
     assert stop_signals(cleanup.run_id) == ["SIGTERM"] * 2  # the DHT and the one server left (the client had ended)
+    assert sorted(private_tmp.iterdir()) == [] and lasting(temporary_files() - tmp_before) == set()
+    private_tmp.rmdir()
+    # ... nor in /dev/shm (a container's processes, --ipc host, would show here too: CI runs this test alone)
     assert shared_memory_files() - shm_before == set()
     # the inventory's secrets reached no result, log, pid/address file, runner event log or output
     artifacts = sorted((PROJECT_DIR / ".cache" / "runner" / "artifacts").glob(f"{run.run_id}-*"))
