@@ -1,7 +1,7 @@
 """Start, stop and inspect long-running processes by process group, for the Ansible roles.
 
     python -m bench_client.core.daemon start --pidfile P --log L [--ready-file F] [--env K=V ...] -- CMD ...
-    python -m bench_client.core.daemon stop --pidfile P [--pidfile P2 ...] [--timeout S]
+    python -m bench_client.core.daemon stop --pidfile P [--pidfile P2 ...] [--timeout S] [--remove F ...]
     python -m bench_client.core.daemon status --pidfile P
     python -m bench_client.core.daemon run --pidfile P -- CMD ...   # foreground; no leftovers
 
@@ -156,6 +156,18 @@ def stop_all(pidfiles: list[Path], timeout: float = 20.0) -> dict:
     return {"changed": any(result["changed"] for result in results), "groups": results}
 
 
+def remove_files(paths: list[Path]) -> list[str]:
+    """The files stopped processes published (address files), once they are stopped: those that were there."""
+    removed = []
+    for path in paths:
+        try:
+            path.unlink()
+            removed.append(str(path))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def run(argv: list[str], pidfile: Path, grace: float = 5.0) -> int:
     """Run CMD in its own session in the foreground and return its exit code; afterwards stop whatever
     it left behind in its process group (p2pd daemons, worker processes), so a finished benchmark
@@ -247,9 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_start.add_argument("--ready-timeout", type=float, default=120.0)
     p_start.add_argument("command", nargs=argparse.REMAINDER)
     p_stop = sub.add_parser("stop", help="SIGTERM the leader, then the rest of its group; SIGKILL after --timeout")
-    p_stop.add_argument("--pidfile", required=True, type=Path, action="append",
+    p_stop.add_argument("--pidfile", type=Path, action="append", default=[],
                         help="repeat to stop several groups at once (then one result each under 'groups')")
     p_stop.add_argument("--timeout", type=float, default=20.0)
+    p_stop.add_argument("--remove", type=Path, action="append", default=[],
+                        help="a file to remove once every group is stopped (their address files); repeatable")
     p_run = sub.add_parser("run", help="run CMD in its own session in the foreground, then stop its leftovers")
     p_run.add_argument("--pidfile", required=True, type=Path)
     p_run.add_argument("command", nargs=argparse.REMAINDER)
@@ -270,10 +284,15 @@ def main(argv: list[str] | None = None) -> int:
             command = args.command[1:] if args.command[:1] == ["--"] else args.command
             return run(command, args.pidfile)
         elif args.action == "stop":
+            if not args.pidfile and not args.remove:
+                raise DaemonError("stop needs a --pidfile (or a file to --remove)")
             if len(args.pidfile) == 1:
                 result = stop(args.pidfile[0], timeout=args.timeout)
             else:
                 result = stop_all(args.pidfile, timeout=args.timeout)
+            if args.remove:
+                result["removed"] = remove_files(args.remove)
+                result["changed"] = result["changed"] or bool(result["removed"])
         else:
             result = status(args.pidfile)
     except (DaemonError, ProcessError) as exc:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench_client.core.daemon import Record, group_members, is_running, start, status, stop
 from bench_client.core.processes import Identity, boot_id, descendants, start_ticks, terminate
@@ -33,6 +34,28 @@ def test_start_is_idempotent_and_stop_ends_the_whole_group(tmp_path):
     assert not pidfile.exists()
     assert stop(pidfile)["changed"] is False
     assert "started" in log.read_text()
+
+
+def test_each_group_gets_a_private_tmpdir_that_its_stop_removes(tmp_path):
+    """What a group's helpers leave in TMPDIR (a socket, a pymp-* folder) goes with the group; then one
+    stop of several groups also removes the files they published (--remove), once they are stopped."""
+    pidfile, log, published = tmp_path / "x.pid", tmp_path / "x.log", tmp_path / "x.maddrs"
+    published.write_text("/ip4/127.0.0.1/tcp/1\n")
+    start(["sh", "-c", 'mkdir "$TMPDIR/pymp-x" && echo "$TMPDIR" && sleep 300'], pidfile, log)
+    time.sleep(0.3)
+    tmpdir = Path(log.read_text().split()[0])
+    assert tmpdir.name.startswith("netbench-proc-") and (tmpdir / "pymp-x").is_dir()
+    assert Record.load(pidfile).tmpdir == str(tmpdir)
+    cli = subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "stop", "--pidfile", str(pidfile),
+                          "--pidfile", str(tmp_path / "none.pid"), "--remove", str(published)],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(cli.stdout)
+    assert result["changed"] and result["removed"] == [str(published)]
+    assert [group["signal"] for group in result["groups"] if "signal" in group] == ["SIGTERM"]
+    assert not tmpdir.exists() and not published.exists() and not pidfile.exists()
+    again = subprocess.run([sys.executable, "-m", "bench_client.core.daemon", "stop", "--remove", str(published)],
+                           capture_output=True, text=True, check=True)
+    assert json.loads(again.stdout)["changed"] is False
 
 
 def test_changed_command_line_restarts(tmp_path):
