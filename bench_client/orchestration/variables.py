@@ -231,6 +231,11 @@ VARIABLES: dict[str, Spec] = {
     "netbench_shaping": _BOOL,
     "netbench_unshape": _BOOL,
     "netbench_harness": _BOOL,
+    # the swarm stack on a bare host (roles/netbench_host, bench_client.orchestration.stack)
+    "netbench_host_stack": _BOOL,
+    "netbench_host_stack_min_free_mib": Spec(_COUNT, -1),
+    "netbench_host_wheelhouse": Spec(path(absolute=True), "wheels"),
+    "netbench_host_torch": Spec(choice("auto", "cpu", "cuda"), "rocm"),
     # the swarm
     "petals_dht_persistent_identity": _BOOL,
     "petals_dht_ready_timeout": Spec(_POSITIVE, 0),
