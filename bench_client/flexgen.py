@@ -34,11 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bench_client.core import environment
@@ -46,10 +44,13 @@ from bench_client.core.arguments import positive_int
 from bench_client.core.metrics import per_gpu, throughput
 from bench_client.core.models import ModelSpec, UnknownModelError, get_model
 from bench_client.core.processes import fail
-from bench_client.core.results import ResultsWriter, TsvRow, append_line, read_metadata, repair_tail
+from bench_client.core.results import (ResultRecord, ResultsWriter, TsvRow, append_line, load_extra_metadata,
+                                       new_run_id, now_iso, read_metadata, read_records, repair_tail)
 from bench_client.core.sweep import ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS
+from bench_client.systems.flexgen import SYSTEM as FLEXGEN
 
-SYSTEM = "flexgen"
+SYSTEM = FLEXGEN.name  # what its records' ``system`` field says
+
 FLEXGEN_VERSION = "0.1.8"  # the release whose run_flexgen / log format this module was written against
 DUMMY_PATH = "_DUMMY_"  # flex_opt.DUMMY_WEIGHT: random (all-ones) weights, nothing downloaded
 GIB = 1 << 30
@@ -579,7 +580,7 @@ def search_log_path(metadata: Path) -> Path:
     return metadata.with_name(metadata.stem + ".search.jsonl")
 
 
-def row_and_record(trial: Trial, work: Workload, repeat: int, common: dict) -> tuple[TsvRow, dict]:
+def row_and_record(trial: Trial, work: Workload, repeat: int, common: dict) -> tuple[TsvRow, ResultRecord]:
     """One FlexGen measurement as our TSV row and JSONL record (one GPU: per-GPU = total)."""
     log = trial.log
     assert log is not None
@@ -588,7 +589,7 @@ def row_and_record(trial: Trial, work: Workload, repeat: int, common: dict) -> t
     total = throughput(tokens, log.total_latency_s) if log.total_latency_s > 0 else log.total_throughput
     row = TsvRow(policy.gpu_batch_size, policy.num_gpu_batches, 1, work.prompt_len, work.gen_len, total,
                  log.total_latency_s)
-    record = {
+    record = ResultRecord.of({
         **common, "prompt_length": work.prompt_len, "new_tokens": work.gen_len, "repeat": repeat,
         "batch_size": policy.gpu_batch_size, "num_micro_batches": policy.num_gpu_batches, "num_processes": 1,
         "policy": policy.to_dict(), "policy_label": policy.label,
@@ -598,7 +599,7 @@ def row_and_record(trial: Trial, work: Workload, repeat: int, common: dict) -> t
         "prefill_time_s": log.prefill_latency_s, "decode_time_s": log.decode_latency_s,
         "per_token_latency_s": log.decode_latency_s / (work.gen_len - 1) if work.gen_len > 1 else None,
         "flexgen_log": asdict(log), "trial_seconds": trial.seconds, "status": "ok", "error": None,
-    }
+    })
     return row, record
 
 
@@ -617,10 +618,6 @@ def load_search_log(path: Path, model: str, prompt_len: int, gen_len: int) -> di
     return known
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--run-flexgen"]:
@@ -635,12 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = fixed_policy(args)
     except (UnknownModelError, ValueError) as exc:
         fail(str(exc))
-    extra = {}
-    if args.extra_metadata:
-        try:
-            extra = json.loads(Path(args.extra_metadata).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            fail(f"--extra-metadata {args.extra_metadata}: {exc}")
+    extra = load_extra_metadata(args.extra_metadata)
     hw = hardware_from_args(args)
     compression = (False,) if args.no_compression else (True,) if args.compression_only else (False, True)
     writer = ResultsWriter(args.output, args.metadata)
@@ -657,13 +649,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"CPU {e.cpu_bytes / GIB:.1f} GiB")
         return 0
 
-    existing = [r for r in read_metadata(writer.metadata)
-                if r.get("system") == SYSTEM and r.get("model") == spec.name and r.get("status") == "ok"]
-    done: Counter = Counter((r["prompt_length"], r["new_tokens"]) for r in existing)
-    chosen = {(r["prompt_length"], r["new_tokens"]): Policy.from_dict(r["policy"]) for r in existing}
+    existing = [r for r in read_records(writer.metadata)
+                if r.system == SYSTEM and r.model == spec.name and r.status == "ok"]
+    done: Counter = Counter((r.prompt_length, r.new_tokens) for r in existing)
+    chosen = {(r.prompt_length, r.new_tokens): Policy.from_dict(r.get("policy")) for r in existing}
     writer.prepare()
     repair_tail(search_log)
-    run_id = args.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    run_id = args.run_id or new_run_id()
     gpu = gpu_name()
     host = environment.hostname()
     common = {
@@ -720,15 +712,15 @@ def main(argv: list[str] | None = None) -> int:
             started_at = now_iso()
             trial = runner(best)
             if trial.status != "ok":
-                writer.append_metadata({**common, "prompt_length": work.prompt_len, "new_tokens": work.gen_len,
-                                        "repeat": repeat, "batch_size": best.gpu_batch_size,
-                                        "num_micro_batches": best.num_gpu_batches, "num_processes": 1,
-                                        "policy": best.to_dict(), "started_at": started_at, "finished_at": now_iso(),
-                                        "status": "failed", "error": f"{trial.status}: {trial.detail[-1000:]}"})
+                writer.append_metadata(ResultRecord.of({
+                    **common, "prompt_length": work.prompt_len, "new_tokens": work.gen_len, "repeat": repeat,
+                    "batch_size": best.gpu_batch_size, "num_micro_batches": best.num_gpu_batches, "num_processes": 1,
+                    "policy": best.to_dict(), "started_at": started_at, "finished_at": now_iso(),
+                    "status": "failed", "error": f"{trial.status}: {trial.detail[-1000:]}"}))
                 fail(f"FlexGen {best.label}, prompt {work.prompt_len}, repeat {repeat}: {trial.status}\n"
                      f"{trial.detail}", EXIT_TRIAL_ERROR)
             row, record = row_and_record(trial, work, repeat, common)
-            writer.append(row, {**record, "started_at": started_at, "finished_at": now_iso()})
+            writer.append(row, ResultRecord.of({**record.to_dict(), "started_at": started_at, "finished_at": now_iso()}))
             print(f"prompt {work.prompt_len} repeat {repeat}: {row.total_throughput:.1f} tok/s "
                   f"({best.label})", file=sys.stderr, flush=True)
     print(f"wrote {args.output} and {writer.metadata}", file=sys.stderr)

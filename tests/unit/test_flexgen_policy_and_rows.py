@@ -190,10 +190,10 @@ def test_cli_search_repeats_rows_and_resume(tmp_path):
     rows = (tmp_path / "out.tsv").read_text().splitlines()
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and [r["repeat"] for r in records] == [0, 1]
-    best = records[0]["policy"]
+    best = records[0]["system_fields"]["policy"]  # FlexGen's own field
     assert rows[0].split("\t")[:5] == [str(best["gpu_batch_size"]), str(best["num_gpu_batches"]), "1", "512", "32"]
     r = records[0]
-    assert r["system"] == "flexgen" and r["num_gpus"] == 1 and r["tokenizer"].startswith("stand-in")
+    assert r["system"] == "flexgen" and r["num_gpus"] == 1 and r["system_fields"]["tokenizer"].startswith("stand-in")
     assert r["per_gpu_throughput"] == r["total_throughput"] == pytest.approx(best["num_sequences"] * 32 / 1.645)
     assert r["per_token_latency_s"] == pytest.approx(1.563 / 31)
 
