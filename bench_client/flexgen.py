@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench_client.core import environment
-from bench_client.core.arguments import positive_int
+from bench_client.core.arguments import description, positive_int
 from bench_client.core.metrics import per_gpu, throughput
 from bench_client.core.models import ModelSpec, UnknownModelError, get_model
 from bench_client.core.processes import fail
@@ -502,7 +502,7 @@ def run_child(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench_client.flexgen", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.flexgen", description=description(__doc__))
     p.add_argument("--model", required=True, help="e.g. facebook/opt-30b")
     p.add_argument("--prompt-lengths", nargs="+", type=positive_int, default=list(ORIGINAL_PROMPT_LENGTHS))
     p.add_argument("--new-tokens", type=positive_int, default=ORIGINAL_NEW_TOKENS)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench_client.core import environment, progress
-from bench_client.core.arguments import non_negative_int, positive_int
+from bench_client.core.arguments import description, non_negative_int, positive_int
 from bench_client.core.metrics import GenerateTiming, summarize
 from bench_client.core.models import UnknownModelError, get_model, write_model_dir
 from bench_client.swarm.peers import PeerError, resolve_initial_peers
@@ -36,7 +36,7 @@ EXIT_MEASUREMENT_FAILED = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench_client", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client", description=description(__doc__))
     # the original flags, unchanged
     p.add_argument("--initial_peers", "--initial-peers", nargs="*", help="DHT multiaddrs (or @FILE from bench_client.swarm.dht)")
     p.add_argument("--prefix", default="facebook/opt-175b", help="model name, as in the original (e.g. facebook/opt-30b)")

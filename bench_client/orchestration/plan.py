@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench_client.netem import profiles as netem
-from bench_client.core import provenance
+from bench_client.core import progress, provenance
 from bench_client.orchestration import variables
 from bench_client.core.models import WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
 from bench_client.core.sweep import TOKEN_SWEEP_PROMPT_LENGTH, attention_cache_tokens, parse_token_sweep
 from bench_client.systems import registry
 from bench_client.systems.base import Hosts, System
+from bench_client.core.arguments import description
 
 GROUPS = ("dht", "servers", "clients")
 RUNTIMES = ("process", "docker")
@@ -222,7 +223,7 @@ def resolve_workload(value: dict[str, Any] | None, model_name: str) -> dict[str,
 
 
 def parse_profiles(value: Any) -> list[dict[str, Any]]:
-    """``-e profiles=none,lan`` (a string), a list of names, or a list of custom dicts -> normalised list."""
+    """``-e profiles=none,paper-10ms-100mbit`` (a string), a list of names, or a list of custom dicts -> normalised list."""
     if value in (None, "", []):
         value = ["none"]
     if isinstance(value, str):
@@ -503,6 +504,7 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
         "num_servers": len(servers), "num_gpus": num_gpus, "bench": bench, "become": become,
         "gpus_by_host": {h: len((data or {}).get("gpus_mib") or ()) for h, data in host_data.items()}, "memory": memory, "groups": groups,
         "gpu_memory": gpu_memory,
+        "progress_marker": progress.MARKER,  # the bench_client role's poll splits its output at it
     }
 
 
@@ -515,7 +517,7 @@ def run_plan(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.plan", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.plan", description=description(__doc__))
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--json", help="the plan input as a JSON string")
     source.add_argument("--file", help="the plan input as a JSON file")

@@ -27,13 +27,14 @@ from bench_client.core.models import (QUANTISED_DTYPES, WEIGHT_DTYPES, ModelSpec
 from bench_client.swarm.peers import (PeerError, check_literal_peers, pending_address_files, resolve_initial_peers,
                                      wait_for_address_files, write_address_file)
 from bench_client.core.processes import exit_on_sigterm, fail
+from bench_client.core.arguments import description
 
 DEFAULT_MODELS_DIR = Path(os.environ.get("NETBENCH_MODELS_DIR", Path.home() / ".cache" / "petals-netbench" / "models"))
 PUBLIC_NAME_PREFIX = "netbench"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.server", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.server", description=description(__doc__))
     p.add_argument("--model", required=True, help="e.g. facebook/opt-30b (see bench_client.core.models)")
     p.add_argument("--initial-peers", nargs="+", required=True, help="DHT multiaddrs, or @FILE written by bench_client.swarm.dht: a FILE that does not exist "
                         "yet is waited for (up to --join-timeout) after the imports, so a server may start "

@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from bench_client.core import environment
-from bench_client.core.arguments import positive_int
+from bench_client.core.arguments import description, positive_int
 from bench_client.core.metrics import summarize, timed_generate
 from bench_client.core.models import ModelSpec, UnknownModelError, dummy_block_seed, fill_dummy_weights, get_model
 from bench_client.core.processes import fail
@@ -37,7 +37,7 @@ EXIT_MEASUREMENT_FAILED = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench_client.systems.transformers", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.systems.transformers", description=description(__doc__))
     p.add_argument("--model", required=True, help="e.g. facebook/opt-30b (netbench/tiny for tests)")
     p.add_argument("--output", required=True, help="TSV file; rows are appended, a rerun resumes")
     p.add_argument("--metadata", default=None, help="JSON lines beside the TSV (default: OUTPUT with .jsonl)")
