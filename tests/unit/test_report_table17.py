@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 from test_report import record, write_run
 
-from bench_client.flexgen import Policy, Trial, Workload, parse_log, row_and_record
+from bench_client.flexgen.cli import row_and_record
+from bench_client.flexgen.log import parse_log
+from bench_client.flexgen.policy import Policy, Workload
+from bench_client.flexgen.trials import Trial
 from bench_client.core.models import get_model
 from bench_client.report.cli import main
 from bench_client.report.data import Network, ResultRow
