@@ -276,7 +276,3 @@ def main(argv: list[str] | None = None) -> int:
                   f"({best.label})", file=sys.stderr, flush=True)
     print(f"wrote {args.output} and {writer.metadata}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from bench_client.core import environment
@@ -155,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"batch {batch}, prompt {point.prompt_length}: {exc}", EXIT_MEASUREMENT_FAILED)
         row = TsvRow(batch, 1, 1, point.prompt_length, point.new_tokens, m.total_throughput, m.mean_generate_latency_s)
         writer.append(row, ResultRecord.of({
-            **where, "total_tokens": m.total_tokens, "wall_time_s": m.wall_time_s,
-            "total_throughput": m.total_throughput, "per_gpu_throughput": m.per_gpu_throughput,
-            "mean_generate_latency_s": m.mean_generate_latency_s, "prefill_time_s": m.prefill_time_s,
-            "decode_time_s": m.decode_time_s, "per_token_latency_s": m.per_token_latency_s,
+            **where, **asdict(m),  # the metrics (core.metrics.ConfigMetrics) are common record fields
             "tokens_generated": produced, "finished_at": now_iso(), "status": "ok", "error": None}))
         print(f"batch {batch}, prompt {point.prompt_length}, {point.new_tokens} new tokens: "
               f"{m.total_throughput:.3g} tok/s, generate() {m.mean_generate_latency_s:.3g} s", file=sys.stderr, flush=True)
