@@ -11,23 +11,22 @@ original's; the JSON line beside it (out_30b.jsonl) holds the correctly named me
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bench_client.core import environment, progress
-from bench_client.core.arguments import non_negative_int, positive_int
+from bench_client.core.arguments import description, non_negative_int, positive_int
 from bench_client.core.metrics import GenerateTiming, summarize
 from bench_client.core.models import UnknownModelError, get_model, write_model_dir
 from bench_client.swarm.peers import PeerError, resolve_initial_peers
 from bench_client.core.processes import fail
-from bench_client.core.results import SWARM_IDENTITY, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for
+from bench_client.core.results import (SWARM_IDENTITY, ResultRecord, ResultsFileError, ResultsWriter, TsvRow,
+                                       load_extra_metadata, metadata_path_for, new_run_id, now_iso)
 from bench_client.swarm.server import DEFAULT_MODELS_DIR
+from bench_client.systems.petals import SYSTEM as PETALS
 from bench_client.core.sweep import (DEFAULT_WARMUP, WARMUPS, ORIGINAL_NEW_TOKENS, ORIGINAL_PROMPT_LENGTHS, build_sweep, parse_token_sweep, remaining,
                                      repeat_of, repeat_sweep)
 from bench_client.swarm.blocks import EXIT_MISSING_BLOCKS, EXIT_UNREACHABLE, SwarmView, connect, format_ranges, inspect
@@ -37,7 +36,7 @@ EXIT_MEASUREMENT_FAILED = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench_client", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client", description=description(__doc__))
     # the original flags, unchanged
     p.add_argument("--initial_peers", "--initial-peers", nargs="*", help="DHT multiaddrs (or @FILE from bench_client.swarm.dht)")
     p.add_argument("--prefix", default="facebook/opt-175b", help="model name, as in the original (e.g. facebook/opt-30b)")
@@ -125,20 +124,6 @@ def resolve_device(choice: str) -> str:
     return choice
 
 
-def load_extra_metadata(path: str | None) -> dict:
-    if not path:
-        return {}
-    try:
-        if not Path(path).is_file():  # /dev/zero would be read forever
-            fail(f"--extra-metadata {path} is not a regular file")
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        fail(f"--extra-metadata {path}: {exc}")
-    if not isinstance(data, dict):
-        fail(f"--extra-metadata {path} must hold a JSON object")
-    return data
-
-
 def check_swarm(view: SwarmView, expect_servers: int | None = None) -> None:
     if not view.servers:
         fail(f"no server in the swarm announces any block with prefix {view.dht_prefix!r} ({view.model}); "
@@ -168,10 +153,6 @@ def describe_servers(view: SwarmView) -> dict:
     weight = quants[0] if quants and quants != ["none"] else (dtypes[0] if len(dtypes) == 1 else ",".join(dtypes))
     return {"num_servers": len(view.online_servers), "server_gpus": view.gpus, "weight_dtype": weight,
             "server_torch_dtypes": dtypes, "server_quant_types": quants}
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class OwnPool:
@@ -242,9 +223,9 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
     except ResultsFileError as exc:
         fail(str(exc))
 
-    run_id = args.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    run_id = args.run_id or new_run_id()
     common = {
-        "system": "petals", "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
+        "system": PETALS.name, "run_id": run_id, "model": spec.name, "dht_prefix": spec.dht_prefix,
         "batch_size": args.batch_size, "num_micro_batches": args.num_micro_batches,
         "num_processes": args.num_processes, "num_gpus": num_gpus, "num_gpus_source": gpus_source,
         "warmup": args.warmup,
@@ -272,10 +253,10 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
             try:
                 per_process, warmup = pool.run(task, args.config_timeout, cancelled)
             except WorkerError as exc:
-                writer.append_metadata({**common, "prompt_length": point.prompt_length, "new_tokens": point.new_tokens,
-                                        "sweep_index": index, "repeat": repeat_of(index, len(one_pass)),
-                                        "started_at": started_at, "finished_at": now_iso(),
-                                        "status": "failed", "error": str(exc)})
+                writer.append_metadata(ResultRecord.of({
+                    **common, "prompt_length": point.prompt_length, "new_tokens": point.new_tokens,
+                    "sweep_index": index, "repeat": repeat_of(index, len(one_pass)),
+                    "started_at": started_at, "finished_at": now_iso(), "status": "failed", "error": str(exc)}))
                 print(f"error: configuration prompt={point.prompt_length} new_tokens={point.new_tokens} failed; "
                       f"rows measured so far are kept in {args.output} and a rerun resumes here.\n{exc}",
                       file=sys.stderr)
@@ -289,7 +270,7 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
                           num_gpus=num_gpus)
             row = TsvRow(args.batch_size, args.num_micro_batches, args.num_processes, point.prompt_length,
                          point.new_tokens, m.total_throughput, m.mean_generate_latency_s)
-            writer.append(row, {
+            writer.append(row, ResultRecord.of({
                 **common, "prompt_length": point.prompt_length, "new_tokens": point.new_tokens, "sweep_index": index,
                 "repeat": repeat_of(index, len(one_pass)), "total_tokens": m.total_tokens, "wall_time_s": m.wall_time_s, "total_throughput": m.total_throughput,
                 "per_gpu_throughput": m.per_gpu_throughput, "mean_generate_latency_s": m.mean_generate_latency_s,
@@ -298,7 +279,7 @@ def _measure(args: argparse.Namespace, pools, cancelled: Callable[[], bool] | No
                 "warmup_kind": warmup["kind"], "warmup_s": round(warmup["seconds"], 3),
                 "started_at": started_at, "finished_at": now_iso(), "status": "ok", "error": None,
                 "client_pids": [process.pid for process in pool.processes],  # one pool for every profile of a session
-            })
+            }))
             elapsed = time.monotonic() - sweep_start
             eta = elapsed / step * (len(todo) - step)
             per_gpu = f"{m.per_gpu_throughput:.3g}" if m.per_gpu_throughput is not None else "?"

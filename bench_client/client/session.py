@@ -41,6 +41,7 @@ from pathlib import Path
 
 from bench_client.core.processes import descendants, exit_on_sigterm, start_ticks, stop_processes, write_atomically
 from bench_client.core.provenance import COMMIT_ENV, DIRTY_ENV, LAUNCHER_ENV
+from bench_client.core.arguments import description
 
 JOB, RUNNING, CANCEL, PRESTART = "job.json", "running.json", "cancel", "prestart.json"
 JOB_ENV = (LAUNCHER_ENV, COMMIT_ENV, DIRTY_ENV)  # what launched the rows: per job, the session may outlive a run
@@ -313,7 +314,7 @@ def _one_shot(argv: list[str], why: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.client.session", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.client.session", description=description(__doc__))
     sub = parser.add_subparsers(dest="action", required=True)
     p_serve = sub.add_parser("serve", help="keep the client's processes and measure the jobs of DIR")
     p_serve.add_argument("--control", required=True, type=Path)

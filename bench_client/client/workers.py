@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench_client.core.metrics import GenerateTiming
+from bench_client.core.metrics import GenerateTiming, timed_generate
 from bench_client.core.sweep import DEFAULT_WARMUP
 from bench_client.core.processes import descendants, stop_processes, terminate_tree
 
@@ -88,35 +88,6 @@ def _load_model(spec: WorkerSpec, index: int):
     return model
 
 
-def _timed_generate(model, inputs, new_tokens: int) -> tuple[GenerateTiming, int]:
-    import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    class StepClock(LogitsProcessor):
-        """Called once per decoding step, right after its forward pass: the first call marks the end of prefill."""
-
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-
-        def __call__(self, input_ids, scores):
-            self.stamps.append(time.monotonic())
-            return scores
-
-    clock = StepClock()
-    with torch.inference_mode():
-        start = time.monotonic()
-        # an explicit all-ones mask: transformers would otherwise mask random ids equal to the pad id,
-        # and petals refuses custom attention masks
-        output = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=new_tokens,
-                                do_sample=False, logits_processor=LogitsProcessorList([clock]))
-        if output.is_cuda:
-            torch.cuda.synchronize()
-        end = time.monotonic()
-    first = clock.stamps[0] if clock.stamps and new_tokens > 0 else None
-    produced = output.shape[1] - inputs.shape[1]  # transformers still runs one step for max_new_tokens=0
-    return GenerateTiming(start=start, first_token=first, end=end, new_tokens=new_tokens), produced
-
-
 def worker_main(index: int, spec: WorkerSpec, tasks, results, barrier) -> None:
     """Process entry point. Ends with os._exit: petals can hang at interpreter exit (see compat)."""
     code = 0
@@ -137,12 +108,12 @@ def worker_main(index: int, spec: WorkerSpec, tasks, results, barrier) -> None:
                 inputs = inputs.cuda()
             kind = warmups.kind(task)
             warm_start = time.monotonic()
-            _timed_generate(model, inputs if kind == "full" else inputs[:, :1], 1)
+            timed_generate(model, inputs if kind == "full" else inputs[:, :1], 1)
             results.put(("ready", index, {"kind": kind, "seconds": time.monotonic() - warm_start}))
             barrier.wait()
             timings, produced = [], []
             for _ in range(task.num_micro_batches):
-                timing, count = _timed_generate(model, inputs, task.new_tokens)
+                timing, count = timed_generate(model, inputs, task.new_tokens)
                 timings.append(timing)
                 produced.append(count)
             results.put(("done", index, (timings, produced)))

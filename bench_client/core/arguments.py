@@ -17,3 +17,10 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def description(doc: str | None) -> str:
+    """A module docstring's first paragraph as one line: the --help description (its first line alone
+    stopped mid-sentence where the paragraph wraps)."""
+    first = (doc or "").strip().split("\n\n", 1)[0]
+    return " ".join(line.strip() for line in first.splitlines())

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_client.core.arguments import description
 from bench_client.core.processes import (ProcessError, Identity, descendants, group_members, make_private_tmpdir,
                                          remove_private_tmpdir, start_ticks, terminate, write_atomically)
 
@@ -248,7 +249,7 @@ def _reap() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.core.daemon", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.core.daemon", description=description(__doc__))
     sub = parser.add_subparsers(dest="action", required=True)
     p_start = sub.add_parser("start", help="start CMD in its own session unless it already runs")
     p_start.add_argument("--pidfile", required=True, type=Path)

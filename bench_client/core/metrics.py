@@ -7,6 +7,7 @@ whole generate() call (prefill plus all new tokens), not a per-token latency.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from statistics import mean
 
@@ -88,3 +89,34 @@ def summarize(timings: list[GenerateTiming], *, batch_size: int, num_micro_batch
         per_token_latency_s=per_token_latency(timings),
         per_gpu_throughput=per_gpu(total, num_gpus),
     )
+
+
+def timed_generate(model, inputs, new_tokens: int) -> tuple[GenerateTiming, int]:
+    """One greedy generate() of ``new_tokens`` tokens, timed (its prefill too) and the tokens it produced.
+    The client's workers and the transformers system time every call this one way."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class StepClock(LogitsProcessor):
+        """Called once per decoding step, right after its forward pass: the first call marks the end of prefill."""
+
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def __call__(self, input_ids, scores):
+            self.stamps.append(time.monotonic())
+            return scores
+
+    clock = StepClock()
+    with torch.inference_mode():
+        start = time.monotonic()
+        # an explicit all-ones mask: transformers would otherwise mask random ids equal to the pad id,
+        # and petals refuses custom attention masks
+        output = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=new_tokens,
+                                do_sample=False, logits_processor=LogitsProcessorList([clock]))
+        if output.is_cuda:
+            torch.cuda.synchronize()
+        end = time.monotonic()
+    first = clock.stamps[0] if clock.stamps and new_tokens > 0 else None
+    produced = output.shape[1] - inputs.shape[1]  # transformers still runs one step for max_new_tokens=0
+    return GenerateTiming(start=start, first_token=first, end=end, new_tokens=new_tokens), produced

@@ -166,3 +166,26 @@ def write_model_dir(spec: ModelSpec, directory: str | Path) -> Path:
     if not config_file.exists() or config_file.read_text() != text:
         write_atomically(config_file, text)  # servers started together may write the same folder
     return path
+
+
+def dummy_block_seed(seed: int, block_index: int) -> int:
+    """The generator seed of one block's dummy weights: a server and the transformers system that build
+    block ``block_index`` with one ``seed`` hold the same weights (on the same device kind)."""
+    return seed * 100003 + block_index
+
+
+def fill_dummy_weights(module, generator, initializer_range: float, skip: str | None = None) -> None:
+    """Random weights in place, as BLOOM initialises them: biases 0, LayerNorms 1, the rest normal(0, range);
+    parameters whose name starts with ``skip`` are left (the blocks of a whole model: they have seeds of their own)."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if skip and name.startswith(skip):
+                continue
+            if name.endswith("bias"):
+                param.zero_()
+            elif "layernorm" in name or name.startswith("ln_f"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, initializer_range, generator=generator)

@@ -2,6 +2,11 @@
 
 Rows are appended as each configuration finishes, in single writes followed by fsync, so a crash
 loses at most the configuration that was running; a rerun reads the TSV back and resumes.
+
+The JSON line is a ``ResultRecord``, the one record every system writes (the Petals client,
+FlexGen, transformers) and the report reads: the fields common to all of them at the top, a
+system's own under ``system_fields``. Schema 1 (before the record) was one flat object: it still
+reads, every field the record does not know becoming a system field.
 """
 
 from __future__ import annotations
@@ -9,16 +14,21 @@ from __future__ import annotations
 import json
 import os
 import stat
+import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from bench_client.core import provenance
+from bench_client.core.processes import fail
 from bench_client.core.sweep import SweepPoint
 
 TSV_COLUMNS = ("batch_size", "num_micro_batches", "num_processes", "prompt_length", "new_tokens",
                "total_throughput", "mean_generate_latency_s")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ResultRecord (system_fields); 1: one flat object
+READABLE_SCHEMAS = (1, 2)
 # What defines a measurement besides its sweep point: every row of one output must agree on these, so a
 # rerun resumes only the same experiment (the run's choices first; the swarm's, known once connected).
 RUN_IDENTITY = ("model", "dht_prefix", "client_dtype", "network_profile")
@@ -29,6 +39,101 @@ SWARM_IDENTITY = ("weight_dtype",)
 
 class ResultsFileError(ValueError):
     pass
+
+
+@dataclass
+class ResultRecord:
+    """One measured (or failed) configuration of any system: the JSONL line beside its TSV row."""
+
+    system: str | None = None  # a name of bench_client.systems' registry
+    run_id: str | None = None
+    model: str | None = None
+    status: str = "ok"  # "ok" or "failed"
+    error: str | None = None
+    # the sweep point (the TSV's first five columns) and which pass of --repeats measured it
+    batch_size: int | None = None
+    num_micro_batches: int | None = None
+    num_processes: int | None = None
+    prompt_length: int | None = None
+    new_tokens: int | None = None
+    repeat: int | None = None
+    # the metrics (core.metrics), None where a failed configuration has none
+    total_tokens: int | None = None
+    wall_time_s: float | None = None
+    total_throughput: float | None = None
+    per_gpu_throughput: float | None = None
+    mean_generate_latency_s: float | None = None
+    prefill_time_s: float | None = None
+    decode_time_s: float | None = None
+    per_token_latency_s: float | None = None
+    # what measured it
+    num_gpus: int | None = None
+    num_gpus_source: str | None = None
+    num_servers: int | None = None
+    server_gpus: list = field(default_factory=list)
+    weight_dtype: str | None = None
+    network_profile: str | None = None
+    network: dict | None = None  # what the netem role applied and measured (network.json); None: unshaped
+    client_host: str | None = None
+    versions: dict = field(default_factory=dict)
+    started_at: str | None = None  # ISO 8601 UTC
+    finished_at: str | None = None
+    launcher: str | None = None  # core.provenance.record(): who launched it, from which commit
+    git: dict | None = None
+    system_fields: dict = field(default_factory=dict)  # the system's own (a policy, a warm-up, client pids)
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> ResultRecord:
+        """A record from one flat dict: the common fields by name, everything else the system's own."""
+        known = {f.name for f in fields(cls)} - {"system_fields", "schema"}
+        return cls(**{k: v for k, v in values.items() if k in known},
+                   system_fields={k: v for k, v in values.items() if k not in known and k not in ("schema", "system_fields")}
+                   | dict(values.get("system_fields") or {}))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResultRecord:
+        """A JSONL line of either schema (a schema-1 line has its system's fields at the top; a line without
+        a schema is the oldest, flat, format)."""
+        schema = data.get("schema", 1)
+        if schema not in READABLE_SCHEMAS:
+            raise ResultsFileError(f"schema {schema!r} is not supported (expected one of "
+                                   f"{', '.join(map(str, READABLE_SCHEMAS))})")
+        return cls.of(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A common field or, failing that, one of the system's own."""
+        if name in self.__dataclass_fields__ and name != "system_fields":
+            value = getattr(self, name)
+            return default if value is None else value
+        return self.system_fields.get(name, default)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    """A run id where none is given: the UTC time and a random suffix."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def load_extra_metadata(path: str | None) -> dict:
+    """``--extra-metadata FILE``: a JSON object merged into every record (the role's network.json)."""
+    if not path:
+        return {}
+    try:
+        if not Path(path).is_file():  # /dev/zero would be read forever
+            fail(f"--extra-metadata {path} is not a regular file")
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        fail(f"--extra-metadata {path}: {exc}")
+    if not isinstance(data, dict):
+        fail(f"--extra-metadata {path} must hold a JSON object")
+    return data
 
 
 @dataclass(frozen=True)
@@ -181,7 +286,7 @@ class ResultsWriter:
         swarm): a rerun continues that experiment and nothing else. The TSV and its metadata must also
         describe the same measurements, row by row."""
         rows = read_tsv(self.tsv)
-        records = [m for m in read_metadata(self.metadata) if m.get("status") == "ok"]
+        records = [m for m in read_records(self.metadata) if m.status == "ok"]
         if len(rows) != len(records):
             raise ResultsFileError(f"{self.tsv} has {len(rows)} rows but {self.metadata} describes {len(records)} "
                                    "measured ones, so what they measured cannot be checked; give a new --output")
@@ -217,16 +322,17 @@ class ResultsWriter:
         if lines and records and records[-1].get("status") == "ok" and ok == len(read_tsv(self.tsv)) + 1:
             os.truncate(self.metadata, self.metadata.stat().st_size - len(lines[-1]))
 
-    def append(self, row: TsvRow, metadata: dict) -> None:
+    def append(self, row: TsvRow, record: ResultRecord) -> None:
         # the record first: a kill between the two leaves a record whose row is missing, which prepare()
         # recognises; a TSV row without its record could not be told from a TSV that never had metadata
-        append_lines([(self.metadata, self._record(metadata)), (self.tsv, row.format())])
+        append_lines([(self.metadata, self._line(record)), (self.tsv, row.format())])
 
-    def append_metadata(self, metadata: dict) -> None:
-        append_lines([(self.metadata, self._record(metadata))])
+    def append_metadata(self, record: ResultRecord) -> None:
+        append_lines([(self.metadata, self._line(record))])
 
-    def _record(self, metadata: dict) -> str:
-        return json.dumps({"schema": SCHEMA_VERSION, **metadata, **self.provenance}, sort_keys=True) + "\n"
+    def _line(self, record: ResultRecord) -> str:
+        stamped = ResultRecord.of({**record.to_dict(), **self.provenance})
+        return json.dumps(stamped.to_dict(), sort_keys=True) + "\n"
 
 
 def read_metadata(path: str | Path) -> list[dict]:
@@ -242,3 +348,8 @@ def read_metadata(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise ResultsFileError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
     return records
+
+
+def read_records(path: str | Path) -> list[ResultRecord]:
+    """The results JSONL as records (either schema)."""
+    return [ResultRecord.from_dict(data) for data in read_metadata(path)]

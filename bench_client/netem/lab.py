@@ -2,7 +2,7 @@
 own address and its own sshd, all on a bridge inside a controller namespace the lab owns.
 
     python -m bench_client.netem.lab up --dir /tmp/netbench-lab --hosts 3     # writes DIR/hosts.yml
-    ip netns exec nbl-ctl petals-netbench -i /tmp/netbench-lab/hosts.yml -p none,rate20 ...
+    ip netns exec nbl-ctl petals-netbench -i /tmp/netbench-lab/hosts.yml -p none,paper-10ms-100mbit ...
     python -m bench_client.netem.lab down --dir /tmp/netbench-lab
 
 Ansible runs inside the controller namespace (``nbl-ctl``) and reaches the hosts over real ssh; no
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench_client.core.provenance import PROJECT_DIR
 from bench_client.core.processes import Identity, stop_processes, terminate
+from bench_client.core.arguments import description
 
 PREFIX = os.environ.get("NETBENCH_LAB_PREFIX", "nbl")
 SUBNET = os.environ.get("NETBENCH_LAB_SUBNET", "10.213.0")  # /24 inside the lab's own namespaces only
@@ -390,7 +391,7 @@ def leftovers(host: LabHost) -> tuple[dict[int, str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.netem.lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.netem.lab", description=description(__doc__))
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, required=True, help="lab state: keys, sshd configs, hosts.yml")
     parser.add_argument("--hosts", type=int, default=3)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from bench_client.core import daemon
 from bench_client.netem import profiles as netem
+from bench_client.core.arguments import description
 
 ALLOWED = re.compile(r"[A-Za-z0-9 ._:/=+-]+")
 TERMINATOR = "@@nb"
@@ -378,7 +379,7 @@ def bench(bundle: Path, work: Path, smp: int = 2, queues: int = 1, prefix: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.netem.router", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.netem.router", description=description(__doc__))
     parser.add_argument("action", choices=["up", "shape", "exec", "status", "down", "bench"])
     parser.add_argument("--dir", type=Path, required=True, help="router state: pidfile, console, control socket")
     parser.add_argument("--bundle", type=Path, help="unpacked bundle (up)")

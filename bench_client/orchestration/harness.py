@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench_client.core.provenance import PROJECT_DIR, code_hash
+from bench_client.core.arguments import description
 
 SOURCE_FILES = ("pyproject.toml", "README.md")
 
@@ -48,7 +49,7 @@ def build_wheel(cache: Path) -> tuple[Path, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench_client.orchestration.harness", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.orchestration.harness", description=description(__doc__))
     sub = p.add_subparsers(dest="command", required=True)
     wheel = sub.add_parser("wheel", help="build (or find) the wheel of this bench_client")
     wheel.add_argument("--cache", required=True, type=Path)

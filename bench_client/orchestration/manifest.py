@@ -28,6 +28,7 @@ from typing import Any
 from bench_client.core import environment, provenance
 from bench_client.core.processes import fail, write_atomically
 from bench_client.orchestration import runs
+from bench_client.core.arguments import description
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -122,7 +123,7 @@ def check_resume(out: Path, plan: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.manifest", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.manifest", description=description(__doc__))
     parser.add_argument("--out", required=True, type=Path, help="results/<run-id>/manifest.json")
     parser.add_argument("--json", required=True, help="JSON object with plan, hosts, extra_vars (and run_id, inventory)")
     parser.add_argument("--check", action="store_true",

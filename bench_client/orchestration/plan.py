@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench_client.netem import profiles as netem
-from bench_client.core import provenance
+from bench_client.core import progress, provenance
 from bench_client.orchestration import variables
 from bench_client.core.models import WEIGHT_DTYPES, UnknownModelError, get_model, split_blocks
 from bench_client.core.sweep import TOKEN_SWEEP_PROMPT_LENGTH, attention_cache_tokens, parse_token_sweep
+from bench_client.systems import registry
+from bench_client.systems.base import Hosts, System
+from bench_client.core.arguments import description
 
 GROUPS = ("dht", "servers", "clients")
 RUNTIMES = ("process", "docker")
@@ -220,7 +223,7 @@ def resolve_workload(value: dict[str, Any] | None, model_name: str) -> dict[str,
 
 
 def parse_profiles(value: Any) -> list[dict[str, Any]]:
-    """``-e profiles=none,lan`` (a string), a list of names, or a list of custom dicts -> normalised list."""
+    """``-e profiles=none,paper-10ms-100mbit`` (a string), a list of names, or a list of custom dicts -> normalised list."""
     if value in (None, "", []):
         value = ["none"]
     if isinstance(value, str):
@@ -374,21 +377,35 @@ def check_memory(model, dtype: str, servers: list[dict[str, Any]], hosts: dict[s
             "available_gb": round(available / GB, 2)}
 
 
-SYSTEMS = ("petals", "flexgen")  # flexgen: bench_client.flexgen on the first GPU server host (playbooks/flexgen.yml)
+def parse_systems(value: Any) -> list[System]:
+    """-e systems=petals,flexgen (a comma-separated string or a list of names of bench_client.systems'
+    registry); default: the registry's default system."""
+    items = value if isinstance(value, list) else str(value or registry.DEFAULT.name).split(",")
+    names = [str(s).strip() for s in items if str(s).strip()]
+    unknown = [s for s in names if s not in registry.SYSTEMS]
+    if unknown or not names:
+        raise PlanError(f"systems {value!r}: expected a comma-separated subset of {', '.join(registry.SYSTEMS)}")
+    systems = [registry.get(name) for name in dict.fromkeys(names)]
+    swarms = [s.name for s in registry.SYSTEMS.values() if s.hosts is Hosts.SWARM]
+    if not any(s.hosts is Hosts.SWARM for s in systems):
+        # the swarm stages always run; a one-GPU system alone is its tag: -e systems=petals,flexgen --tags flexgen
+        one = next(s.name for s in systems)
+        raise PlanError(f"systems {value!r} must include {' or '.join(swarms)} (for {one} alone: "
+                        f"-e systems={swarms[0]},{one} --tags {one})")
+    return systems
 
 
-def parse_systems(value: Any) -> list[str]:
-    """-e systems=petals,flexgen (a comma-separated string or a list); default petals."""
-    items = value if isinstance(value, list) else str(value or "petals").split(",")
-    systems = [str(s).strip() for s in items if str(s).strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown or not systems:
-        raise PlanError(f"systems {value!r}: expected a comma-separated subset of {', '.join(SYSTEMS)}")
-    if "petals" not in systems:
-        # the swarm stages always run; FlexGen alone is its tag: -e systems=petals,flexgen --tags flexgen
-        raise PlanError(f"systems {value!r} must include petals (for FlexGen alone: -e systems=petals,flexgen "
-                        "--tags flexgen)")
-    return list(dict.fromkeys(systems))
+def system_hosts(systems: list[System], servers: list[str], gpu_servers: list[str]) -> dict[str, str]:
+    """The host of each system that runs on one host (the swarm's have the inventory's groups)."""
+    hosts = {}
+    for system in systems:
+        if system.hosts is Hosts.FIRST_GPU_SERVER:
+            if not gpu_servers:
+                raise PlanError(f"systems includes {system.name}, which needs a CUDA GPU, but no server host has one")
+            hosts[system.name] = gpu_servers[0]
+        elif system.hosts is Hosts.FIRST_SERVER:  # a GPU where there is one; the CPU of a test inventory else
+            hosts[system.name] = (gpu_servers or servers)[0]
+    return hosts
 def check_run_id(run_id: str) -> str:
     """A run id names a results folder (and the runner's artifacts): one plain path component."""
     if not _SAFE_NAME.fullmatch(run_id) or run_id in (".", ".."):
@@ -474,17 +491,20 @@ def make_plan(config: dict[str, Any]) -> dict[str, Any]:
     num_gpus = len({physical_gpu(server_hosts, s["host"], s["gpu"]) for s in servers if s["gpu"] is not None})
     systems = parse_systems(config.get("systems"))
     gpu_servers = [h for h in groups["servers"] if (host_data[h] or {}).get("gpus_mib")]
-    if "flexgen" in systems and not gpu_servers:
-        raise PlanError("systems includes flexgen, which needs a CUDA GPU, but no server host has one")
+    hosts_of = system_hosts(systems, groups["servers"], gpu_servers)
     return {
         "model": model.name, "dht_prefix": model.dht_prefix, "layers": model.layers, "dtype": dtype,
         "run_id": run_id, "profiles": profiles, "servers": servers, "workload": workload,
-        "attn_cache_tokens": workload["attn_cache_tokens"], "systems": systems,
-        "flexgen_host": gpu_servers[0] if "flexgen" in systems else None,
+        "attn_cache_tokens": workload["attn_cache_tokens"], "systems": [s.name for s in systems],
+        # what playbooks/systems.yml runs: each one-host system's role on its host
+        "system_hosts": hosts_of,
+        "one_host_systems": [{"name": s.name, "role": s.role, "host": hosts_of[s.name]} for s in systems
+                             if s.name in hosts_of],
         "servers_by_host": {h: [s for s in servers if s["host"] == h] for h in counts},
         "num_servers": len(servers), "num_gpus": num_gpus, "bench": bench, "become": become,
         "gpus_by_host": {h: len((data or {}).get("gpus_mib") or ()) for h, data in host_data.items()}, "memory": memory, "groups": groups,
         "gpu_memory": gpu_memory,
+        "progress_marker": progress.MARKER,  # the bench_client role's poll splits its output at it
     }
 
 
@@ -497,7 +517,7 @@ def run_plan(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.plan", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.orchestration.plan", description=description(__doc__))
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--json", help="the plan input as a JSON string")
     source.add_argument("--file", help="the plan input as a JSON file")

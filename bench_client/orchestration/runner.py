@@ -31,6 +31,7 @@ from typing import Any, Callable, TextIO
 
 from bench_client.core import processes, progress
 from bench_client.orchestration import runs, timeline
+from bench_client.core.arguments import description
 
 PROJECT_DIR = Path(os.environ.get("NETBENCH_PROJECT_DIR", Path(__file__).resolve().parents[2]))
 DEFAULT_INVENTORY = "inventory/local/hosts.yml"
@@ -346,7 +347,7 @@ def _parse_extravar(text: str) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="petals-netbench", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="petals-netbench", description=description(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n")[2:7]))
     p.add_argument("-i", "--inventory", default=None, help=f"inventory (default {DEFAULT_INVENTORY})")

@@ -23,15 +23,19 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
+from bench_client.systems import registry
+
 TIMELINE_NAME = "timeline.jsonl"
 OTHER = "other"
+# Each system that runs on one host is a phase of its own, named as the system, after the swarm's profiles.
+ONE_HOST_SYSTEMS = {s.role: s.name for s in registry.SYSTEMS.values() if not s.networked}
 # The order of a run, which is also the order of the breakdown table.
 PHASES = ("preflight", "provision", "image", "swarm:dht", "swarm:servers", "shaping:apply", "shaping:verify",
-          "client", "fetch", "shaping:remove", "flexgen", "cleanup", OTHER)
+          "client", "fetch", "shaping:remove", *ONE_HOST_SYSTEMS.values(), "cleanup", OTHER)
 # Roles whose phase does not depend on the tasks file that runs.
 ROLE_PHASES = {"preflight": "preflight", "netbench_host": "provision", "swarm_firewall": "provision",
                "docker_engine": "provision", "nvidia_container_toolkit": "provision", "swarm_image": "image",
-               "petals_dht": "swarm:dht", "petals_server": "swarm:servers", "flexgen_bench": "flexgen"}
+               "petals_dht": "swarm:dht", "petals_server": "swarm:servers", **ONE_HOST_SYSTEMS}
 # Play tags that fix the phase of every task in the play (tags, not play names: names get reworded).
 # In this order: site.yml also tags the image play provision (an imported play inherits the tags).
 PLAY_TAG_PHASES = (("cleanup", "cleanup"), ("image", "image"), ("provision", "provision"))

@@ -204,13 +204,16 @@ def _string_map(name: str, value: Any) -> dict[str, str]:
 string_map = _typed("dict", _string_map)
 
 
-# The flags the bench_client and flexgen_bench roles put on the command line themselves (their vars/main.yml).
+# The flags the bench_client, flexgen_bench and transformers_bench roles put on the command line themselves
+# (their vars/main.yml).
 CLIENT_FLAGS = ("--prefix", "-b", "--batch-size", "--num-micro-batches", "--num-processes", "--output",
                 "--prompt-lengths", "--new-tokens", "--token-sweep", "--repeats", "--device", "--run-id",
                 "--network-profile", "--extra-metadata", "--progress", "--lock", "--initial_peers", "--num-gpus",
                 "--metadata", "--warmup")
 FLEXGEN_FLAGS = ("--model", "--output", "--new-tokens", "--repeats", "--max-trials", "--run-id", "--prompt-lengths",
                  "--metadata")
+TRANSFORMERS_FLAGS = ("--model", "--output", "--new-tokens", "--repeats", "--run-id", "--device", "--prompt-lengths",
+                      "--batch-sizes", "--dtype", "--metadata")
 
 _POSITIVE, _COUNT = whole_number(1), whole_number(0)
 _BOOL = Spec(boolean, "ture")
@@ -269,6 +272,16 @@ VARIABLES: dict[str, Spec] = {
     "flexgen_bench_environment": Spec(string_map, "PYTHONPATH=/opt"),
     "flexgen_bench_timeout": Spec(_POSITIVE, 0),
     "flexgen_bench_poll_seconds": Spec(_POSITIVE, 0),
+    # transformers on one host (python -m bench_client.systems.transformers)
+    "transformers_bench_prompt_lengths": Spec(number_list(1), [0]),
+    "transformers_bench_new_tokens": Spec(_POSITIVE, 0),
+    "transformers_bench_batch_sizes": Spec(number_list(1), [0]),
+    "transformers_bench_repeats": Spec(_POSITIVE, 0),
+    "transformers_bench_device": Spec(choice("cpu", "cuda"), "gpu"),
+    "transformers_bench_dtype": Spec(choice("float16", "bfloat16", "float32"), "int8"),
+    "transformers_bench_extra_args": Spec(flags(*TRANSFORMERS_FLAGS), ["--batch-sizes", "4"]),
+    "transformers_bench_timeout": Spec(_POSITIVE, 0),
+    "transformers_bench_poll_seconds": Spec(_POSITIVE, 0),
     # shaping and its measurement (the netem role)
     "netem_validate": _BOOL,
     "netem_force": _BOOL,

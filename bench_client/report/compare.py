@@ -13,18 +13,18 @@ from pathlib import Path
 
 from bench_client.orchestration.manifest import differences, read_manifest
 from bench_client.report.data import Defaults, load_results
-from bench_client.report.summary import Summary, _config_key, fmt_spread, profile_label, summarize
+from bench_client.report.summary import Summary, config_key, fmt_spread, summarize
 from bench_client.report.table import derive_all, fmt_number
 
 
 def _by_config(run: Path, defaults: Defaults) -> tuple[dict[tuple, Summary], list[str]]:
     results = load_results([run], defaults)
-    return {_config_key(s.first): s for s in summarize(derive_all(results.rows))}, results.warnings
+    return {config_key(s.first): s for s in summarize(derive_all(results.rows))}, results.warnings
 
 
 def _describe(s: Summary) -> str:
     r = s.first.row
-    return (f"{r.model} | {r.system} | {r.weight_dtype or '?'} | {profile_label(r.network_profile, r.system)} | "
+    return (f"{r.model} | {r.system_info.label} | {r.weight_dtype or '?'} | {r.network_text} | "
             f"{r.batch_setting} | {r.prompt_length} / {r.new_tokens}")
 
 

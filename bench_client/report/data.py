@@ -16,13 +16,14 @@ from typing import Any
 
 from bench_client.core.metrics import per_gpu
 from bench_client.core.models import ModelSpec, UnknownModelError, get_model
+from bench_client.systems import registry
+from bench_client.systems.base import System
 
 # The original client's 7 columns, as our client writes them: column 6 is the whole swarm's
 # tokens/s (NOT per GPU), column 7 the mean wall time of one whole generate() call (NOT per token).
-from bench_client.core.results import SCHEMA_VERSION, TSV_COLUMNS, metadata_path_for
+from bench_client.core.results import READABLE_SCHEMAS, TSV_COLUMNS, ResultRecord, metadata_path_for
 
 _INT_COLUMNS = TSV_COLUMNS[:5]
-SUPPORTED_SCHEMA = SCHEMA_VERSION  # the metadata schema the report reads
 MIXED_GPUS = "mixed: "  # gpu_name prefix of a swarm with several GPU models: no single roofline
 # Relative tolerance for JSONL numbers that must equal the TSV's (str() of a float round-trips; this
 # leaves room for a writer that rounds).
@@ -46,6 +47,79 @@ class Defaults:
     gpu_name: str | None = None
     weight_dtype: str | None = None
     network_profile: str | None = None
+
+
+UNSHAPED = ("none", "", None)
+# A paper-style profile name ("paper-10ms-100mbit", "10ms-1gbit"): read only for a row whose results do
+# not record the conditions (a TSV without its JSONL, given --network-profile)
+_PROFILE_NAME = re.compile(r"(?:paper-)?(\d+(?:\.\d+)?)ms-(\d+(?:\.\d+)?)(g|m|k)bit", re.IGNORECASE)
+_MBIT = {"g": 1000.0, "m": 1.0, "k": 0.001}
+
+
+def _rate_text(mbit: float) -> str:
+    if mbit >= 1000:
+        return f"{mbit / 1000:g} Gbit/s"
+    return f"{mbit:g} Mbit/s" if mbit >= 1 else f"{mbit * 1000:g} kbit/s"
+
+
+@dataclass(frozen=True)
+class Network:
+    """The conditions a row was measured under: what the netem role applied (the record's
+    ``network.profile``) and what it measured (the mean over the shaped servers of ``network.hosts``)."""
+
+    delay_ms: float = 0.0
+    rate_mbit: float = 0.0  # 0: no rate limit
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    measured_rtt_ms: float | None = None
+    measured_rate_mbit: float | None = None
+
+    @property
+    def shaped(self) -> bool:
+        return bool(self.delay_ms or self.rate_mbit or self.jitter_ms or self.loss_pct)
+
+    @property
+    def label(self) -> str:
+        """'10 ms / 100 Mbit/s' (the paper's way), 'no shaping' without any."""
+        if not self.shaped:
+            return "no shaping"
+        delay = f"{self.delay_ms:g} ms" + (f" ± {self.jitter_ms:g} ms" if self.jitter_ms else "")
+        parts = [delay, _rate_text(self.rate_mbit) if self.rate_mbit else "no rate limit"]
+        return " / ".join(parts) + (f", {self.loss_pct:g} % loss" if self.loss_pct else "")
+
+    @property
+    def severity(self) -> tuple[float, float, float]:
+        """Ordering, mildest first: more delay, then less bandwidth (none = unlimited), then more loss."""
+        return (self.delay_ms, -(self.rate_mbit or math.inf), self.loss_pct)
+
+    @classmethod
+    def of(cls, name: str | None, record: Any) -> Network | None:
+        """From what the results record (``record``: the row's ``network`` section, or None where the run
+        did not shape); None where neither the record nor a paper-style name says (a custom profile of a
+        TSV without its JSONL)."""
+        applied = record.get("profile") if isinstance(record, dict) else None
+        if isinstance(applied, dict):
+            hosts = [h for h in (record.get("hosts") or {}).values() if isinstance(h, dict)]
+            return cls(delay_ms=_number(applied.get("delay_ms")), rate_mbit=_number(applied.get("rate_mbit")),
+                       jitter_ms=_number(applied.get("jitter_ms")), loss_pct=_number(applied.get("loss_pct")),
+                       measured_rtt_ms=_mean([h.get("rtt_ms") for h in hosts]),
+                       measured_rate_mbit=_mean([h.get("rate_mbit") for h in hosts]))
+        if name in UNSHAPED:
+            return cls()
+        match = _PROFILE_NAME.fullmatch(name or "")
+        if match:
+            delay, rate, unit = match.groups()
+            return cls(delay_ms=float(delay), rate_mbit=float(rate) * _MBIT[unit.lower()])
+        return None
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(numbers) / len(numbers) if numbers else None
 
 
 @dataclass(frozen=True)
@@ -73,8 +147,33 @@ class ResultRow:
     metadata_at: str | None = None  # "path:line" of the JSONL record, None without metadata
     status: str = "ok"
     error: str | None = None
-    system: str = "petals"  # or "flexgen" (bench_client.flexgen); records before it are Petals
+    system: str = registry.DEFAULT.name  # a name of bench_client.systems' registry; records before the field: its default
     repeat: int | None = None  # which measurement of a configuration measured --repeats times
+    network: Network | None = Network()  # the conditions recorded (None: unknown)
+    profile_name: str | None = None  # the profile's own name (network_profile adds a custom one's conditions)
+
+    @property
+    def system_info(self) -> System:
+        return registry.of_record(self.system)
+
+    @property
+    def network_text(self) -> str:
+        """The row's network as the report labels it: a one-GPU system has none; a custom profile shows
+        its name beside the conditions the results record."""
+        system = self.system_info
+        if not system.networked:
+            return "one GPU (no network)"
+        if self.network is None:
+            return str(self.network_profile)
+        label = self.network.label
+        name = self.profile_name or self.network_profile
+        plain = name in UNSHAPED or (name or "").startswith("paper-") or _PROFILE_NAME.fullmatch(name or "")
+        return label if plain else f"{label} ({name})"
+
+    @property
+    def network_order(self) -> tuple[float, ...]:
+        """Mildest network first; unknown conditions last."""
+        return self.network.severity if self.network is not None else (math.inf, 0.0, 0.0)
 
     @property
     def batch_setting(self) -> str:
@@ -187,14 +286,14 @@ def read_tsv(path: Path, notes: list[str]) -> list[ResultRow]:
     return rows
 
 
-def _jsonl_int(record: dict, name: str, path: Path, line: int) -> int:
+def _jsonl_int(record: ResultRecord, name: str, path: Path, line: int) -> int:
     value = record.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ReportInputError(path, line, f"field {name!r} is {value!r}, expected a non-negative integer")
     return value
 
 
-def _jsonl_optional_number(record: dict, name: str, path: Path, line: int) -> float | None:
+def _jsonl_optional_number(record: ResultRecord, name: str, path: Path, line: int) -> float | None:
     value = record.get(name)
     if value is None:
         return None
@@ -205,7 +304,7 @@ def _jsonl_optional_number(record: dict, name: str, path: Path, line: int) -> fl
     return float(value)
 
 
-def _jsonl_optional_int(record: dict, name: str, path: Path, line: int) -> int | None:
+def _jsonl_optional_int(record: ResultRecord, name: str, path: Path, line: int) -> int | None:
     if record.get(name) is None:
         return None
     return _jsonl_int(record, name, path, line)
@@ -238,8 +337,8 @@ def gpu_names(value: Any) -> list[str]:
     return names
 
 
-def read_jsonl(path: Path, notes: list[str]) -> list[tuple[int, dict]]:
-    records: list[tuple[int, dict]] = []
+def read_jsonl(path: Path, notes: list[str]) -> list[tuple[int, ResultRecord]]:
+    records: list[tuple[int, ResultRecord]] = []
     for number, raw in enumerate(_lines(path, notes), start=1):
         if not raw.strip():
             continue
@@ -249,13 +348,14 @@ def read_jsonl(path: Path, notes: list[str]) -> list[tuple[int, dict]]:
             raise ReportInputError(path, number, f"not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise ReportInputError(path, number, "not a JSON object")
-        schema = record.get("schema")
-        if schema != SUPPORTED_SCHEMA:
-            raise ReportInputError(path, number, f"schema {schema!r} is not supported (expected {SUPPORTED_SCHEMA})")
+        schema = record.get("schema", 1)  # none: the oldest, flat, format
+        if schema not in READABLE_SCHEMAS:
+            raise ReportInputError(path, number, f"schema {schema!r} is not supported (expected one of "
+                                   f"{', '.join(map(str, READABLE_SCHEMAS))})")
         status = record.get("status")
         if status not in ("ok", "failed"):
             raise ReportInputError(path, number, f"status {status!r}, expected 'ok' or 'failed'")
-        records.append((number, record))
+        records.append((number, ResultRecord.from_dict(record)))
     return records
 
 
@@ -288,7 +388,7 @@ def network_label(name: str | None, network: Any) -> str | None:
     return f"{name} ({', '.join(parts)})"
 
 
-def _row_from_record(base: ResultRow, record: dict, path: Path, line: int, defaults: Defaults) -> ResultRow:
+def _row_from_record(base: ResultRow, record: ResultRecord, path: Path, line: int, defaults: Defaults) -> ResultRow:
     """Merge one JSONL record into its TSV row (or build a failed row), filling gaps from ``defaults``."""
     names = gpu_names(record.get("server_gpus"))
     gpu_name = names[0] if len(names) == 1 else (f"{MIXED_GPUS}{', '.join(names)}" if names else defaults.gpu_name)
@@ -307,15 +407,17 @@ def _row_from_record(base: ResultRow, record: dict, path: Path, line: int, defau
         gpu_name=gpu_name,
         run_id=record.get("run_id"),
         metadata_at=f"{path}:{line}",
-        status=record["status"],
+        status=record.status,
         error=record.get("error"),
-        system=record.get("system") or "petals",
+        system=registry.of_record(record.get("system")).name,
         repeat=_jsonl_optional_int(record, "repeat", path, line),
+        network=Network.of(record.get("network_profile") or defaults.network_profile, record.get("network")),
+        profile_name=record.get("network_profile") or defaults.network_profile,
     )
     return row
 
 
-def _check_record_matches(row: ResultRow, record: dict, path: Path, line: int, tsv: Path) -> None:
+def _check_record_matches(row: ResultRow, record: ResultRecord, path: Path, line: int, tsv: Path) -> None:
     for name in ("total_throughput", "mean_generate_latency_s"):
         value = _jsonl_optional_number(record, name, path, line)
         expected = getattr(row, name)
@@ -331,7 +433,7 @@ def _check_record_matches(row: ResultRow, record: dict, path: Path, line: int, t
             )
 
 
-def _key_of(record: dict, path: Path, line: int) -> tuple[int, int, int, int, int]:
+def _key_of(record: ResultRecord, path: Path, line: int) -> tuple[int, int, int, int, int]:
     return tuple(_jsonl_int(record, name, path, line) for name in _INT_COLUMNS)  # type: ignore[return-value]
 
 
@@ -344,10 +446,10 @@ def pair_with_metadata(
     it out so that a rerun retries it); every successful record needs its TSV row and vice versa.
     """
     records = read_jsonl(jsonl, notes)
-    ok_by_key: dict[tuple, list[tuple[int, dict]]] = {}
-    failed_by_key: dict[tuple, list[tuple[int, dict]]] = {}
+    ok_by_key: dict[tuple, list[tuple[int, ResultRecord]]] = {}
+    failed_by_key: dict[tuple, list[tuple[int, ResultRecord]]] = {}
     for line, record in records:
-        target = ok_by_key if record["status"] == "ok" else failed_by_key
+        target = ok_by_key if record.status == "ok" else failed_by_key
         target.setdefault(_key_of(record, jsonl, line), []).append((line, record))
 
     ok_rows: list[ResultRow] = []
@@ -392,6 +494,8 @@ def _apply_defaults(row: ResultRow, defaults: Defaults) -> ResultRow:
         spec=spec,
         weight_dtype=defaults.weight_dtype,
         network_profile=defaults.network_profile,
+        network=Network.of(defaults.network_profile, None),
+        profile_name=defaults.network_profile,
         num_gpus=defaults.num_gpus,
         num_gpus_source=_flag_source(defaults),
         gpu_name=defaults.gpu_name,

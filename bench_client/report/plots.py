@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bench_client.core.models import get_model  # noqa: E402
 from bench_client.report.reference import PAPER_ANCHORS, roofline_tokens_per_s_per_gpu  # noqa: E402
-from bench_client.report.summary import Summary, best_by, profile_delay_ms, profile_label  # noqa: E402
+from bench_client.report.summary import Summary, best_by, column_label, column_order, paper_anchors  # noqa: E402
 from bench_client.report.table import Derived, fmt_number, natural_key  # noqa: E402
 
 DPI = 110
@@ -91,13 +91,12 @@ def _curves(group: list[Derived]) -> dict[str, list[Derived]]:
     curves: dict[str, list[Derived]] = {}
     for d in group:
         profile = d.row.network_profile or "unknown"
-        human = profile_label(profile, d.row.system)
+        human = d.row.network_text
         label = human if len(runs_per_profile[profile]) == 1 else f"{human} (run {d.row.run_id})"
         curves.setdefault(label, []).append(d)
     for points in curves.values():
         points.sort(key=lambda d: d.row.new_tokens)
-    return dict(sorted(curves.items(), key=lambda item: (profile_delay_ms(item[1][0].row.network_profile),
-                                                          natural_key(item[0]))))
+    return dict(sorted(curves.items(), key=lambda item: (item[1][0].row.network_order, natural_key(item[0]))))
 
 
 def _plot_curve(ax, points: list[tuple[int, float]], label: str, color: str | None = None) -> str:
@@ -238,17 +237,16 @@ def render_models(summaries: list[Summary]) -> Plot | None:
     if not best:
         return None
     models = sorted({m for m, _, _ in best}, key=lambda m: [*PAPER_ANCHORS, m].index(m))
-    series = sorted({(system, profile) for _, system, profile in best},
-                    key=lambda c: (c[0] != "flexgen", profile_delay_ms(c[1]), natural_key(c[1])))
+    firsts = {(system, profile): s.first.row for (_, system, profile), s in best.items()}
+    series = sorted(firsts, key=lambda c: column_order(firsts[c]))
     gpus = sorted({s.first.row.gpu_name for s in best.values() if s.first.row.gpu_name})
     ours = ", ".join(gpus) or "our GPUs"
-    paper = [("paper Petals (T4, per GPU)", lambda a: a.petals_per_gpu),
-             ("paper FlexGen (one T4)", lambda a: a.flexgen), ("paper FlexGen 4-bit (one T4)", lambda a: a.flexgen_4bit)]
+    paper = [(a.label, lambda anchor, key=a.key: anchor.value(key)) for a in paper_anchors()]
     fig, (ax_tp, ax_roof) = plt.subplots(1, 2, figsize=(15.0, 5.8), dpi=DPI)
     try:
         width = 0.8 / (len(series) + len(paper))
         for i, (system, profile) in enumerate(series):
-            label = f"ours: {'FlexGen' if system == 'flexgen' else 'Petals'}, {profile_label(profile, system)}"
+            label = f"ours: {column_label(firsts[(system, profile)])}"
             xs, ys, lows, highs, fracs = [], [], [], [], []
             for j, model in enumerate(models):
                 s = best.get((model, system, profile))

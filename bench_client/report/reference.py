@@ -26,6 +26,10 @@ class Anchor:
     flexgen_4bit: float  # FlexGen with 4-bit compression, tokens/s
     paper_gpus: int  # T4s the paper's Petals swarm used for this model
 
+    def value(self, key: str) -> float:
+        """The number a system's declared anchor (bench_client.systems.base.PaperAnchor.key) names."""
+        return getattr(self, key)
+
 
 PAPER_ANCHORS: dict[str, Anchor] = {
     "facebook/opt-6.7b": Anchor(8.25, 25.26, 29.12, paper_gpus=1),

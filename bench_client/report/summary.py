@@ -7,37 +7,27 @@ its per-GPU throughput with the spread (min-max) and the number of measurements.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from statistics import median
 
 from bench_client.core.models import MODELS
+from bench_client.report.data import ResultRow
 from bench_client.report.reference import PAPER_ANCHORS, PAPER_NEW_TOKENS, PAPER_PROMPT_LENGTH
+from bench_client.systems import flexgen, petals, registry
 from bench_client.report.table import Derived, fmt_number, gpus_label, natural_key
 
-_PROFILE = re.compile(r"(?:paper-)?(\d+(?:\.\d+)?)ms-(\d+(?:\.\d+)?)(g|m|k)bit", re.IGNORECASE)
-UNSHAPED = ("none", "", None)
+# The systems the paper's claims name (the registry's declarations, never their names spelt out here)
+PETALS, FLEXGEN = petals.SYSTEM.name, flexgen.SYSTEM.name
 
 
-def profile_label(name: str | None, system: str = "petals") -> str:
-    """'paper-10ms-100mbit' -> '10 ms / 100 Mbit/s'; 'none' -> 'no shaping' (FlexGen: one GPU, no network)."""
-    if system == "flexgen":
-        return "one GPU (no network)"
-    if name in UNSHAPED:
-        return "no shaping"
-    match = _PROFILE.fullmatch(name or "")
-    if not match:
-        return str(name)
-    delay, rate, unit = match.groups()
-    return f"{delay} ms / {rate} {unit.upper() if unit.lower() != 'k' else 'k'}bit/s"
+def column_label(row: ResultRow) -> str:
+    """'Petals, 10 ms / 100 Mbit/s', 'FlexGen, one GPU (no network)': the declared label and the recorded network."""
+    return f"{row.system_info.label}, {row.network_text}"
 
 
-def profile_delay_ms(name: str | None) -> float:
-    """Delay of a profile for ordering by severity (0 for no shaping, inf when unknown)."""
-    if name in UNSHAPED:
-        return 0.0
-    match = _PROFILE.fullmatch(name or "")
-    return float(match.group(1)) if match else float("inf")
+def column_order(row: ResultRow) -> tuple:
+    """One-GPU systems first, then each swarm from its mildest recorded network to its slowest."""
+    return (registry.order(row.system_info), row.network_order, natural_key(row.network_profile))
 
 
 def _spread(values: list[float]) -> tuple[float, float, float] | None:
@@ -84,7 +74,8 @@ class Summary:
         return median(values) if values else None
 
 
-def _config_key(d: Derived) -> tuple:
+def config_key(d: Derived) -> tuple:
+    """What makes two measurements one configuration (the medians' groups, the run comparison's rows)."""
     r = d.row
     return (r.model, r.system, r.weight_dtype, r.network_profile, r.gpu_name, r.num_gpus, r.num_servers,
             r.batch_size, r.num_micro_batches, r.num_processes, r.prompt_length, r.new_tokens)
@@ -93,7 +84,7 @@ def _config_key(d: Derived) -> tuple:
 def summarize(derived: list[Derived]) -> list[Summary]:
     groups: dict[tuple, list[Derived]] = {}
     for d in derived:
-        groups.setdefault(_config_key(d), []).append(d)
+        groups.setdefault(config_key(d), []).append(d)
     return [Summary(tuple(members)) for members in groups.values()]
 
 
@@ -113,8 +104,8 @@ def md_summary(summaries: list[Summary]) -> str:
     for s in summaries:
         r = s.first.row
         gpus = gpus_label(r)
-        lines.append(f"| {r.model} | {r.system} | {r.weight_dtype or 'unknown'} | "
-                     f"{profile_label(r.network_profile, r.system)} | {gpus} | {r.batch_setting} | "
+        lines.append(f"| {r.model} | {r.system_info.label} | {r.weight_dtype or 'unknown'} | "
+                     f"{r.network_text} | {gpus} | {r.batch_setting} | "
                      f"{r.prompt_length} / {r.new_tokens} | {fmt_spread(s.per_gpu, s.n)} | "
                      f"{fmt_spread(s.generate_latency, s.n)} | {fmt_spread(s.per_token_latency, s.n)} |")
     return "\n".join(lines) + "\n"
@@ -132,11 +123,17 @@ def best_by(summaries: list[Summary]) -> dict[tuple[str, str, str], Summary]:
     best: dict[tuple[str, str, str], Summary] = {}
     for s in at_paper_workload(summaries):
         r = s.first.row
-        profile = "flexgen" if r.system == "flexgen" else (r.network_profile or "none")
+        # a one-GPU system's rows are one cell whatever profile they name
+        profile = (r.network_profile or "none") if r.system_info.networked else ""
         key = (r.model or "unknown", r.system, profile)
         if key not in best or s.per_gpu[0] > best[key].per_gpu[0]:
             best[key] = s
     return best
+
+
+def paper_anchors() -> list:
+    """The paper's numbers the systems declare, in the registry's order (Table 17's last columns)."""
+    return [a for system in registry.SYSTEMS.values() for a in system.anchors]
 
 
 def md_paper_layout(summaries: list[Summary]) -> str:
@@ -145,11 +142,10 @@ def md_paper_layout(summaries: list[Summary]) -> str:
     best = best_by(summaries)
     if not best:
         return f"No row at the paper's workload (prompt {PAPER_PROMPT_LENGTH}, {PAPER_NEW_TOKENS} new tokens).\n"
-    columns = sorted({(system, profile) for _, system, profile in best},
-                     key=lambda c: (c[0] != "flexgen", profile_delay_ms(c[1]), natural_key(c[1])))
+    firsts = {(system, profile): s.first.row for (_, system, profile), s in best.items()}
+    columns = sorted(firsts, key=lambda c: column_order(firsts[c]))
     models = sorted({m for m, _, _ in best}, key=lambda m: list(MODELS).index(m) if m in MODELS else len(MODELS))
-    header = ["model"] + [f"{'FlexGen' if sys == 'flexgen' else 'Petals'}, {profile_label(p, sys)}" for sys, p in columns]
-    header += ["paper Petals (T4, per GPU)", "paper FlexGen (one T4)", "paper FlexGen 4-bit (one T4)"]
+    header = ["model"] + [column_label(firsts[c]) for c in columns] + [a.label for a in paper_anchors()]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for model in models:
         cells = [model]
@@ -166,8 +162,7 @@ def md_paper_layout(summaries: list[Summary]) -> str:
                 note += f", {r.num_servers} servers share {r.num_gpus} GPU{'s' if r.num_gpus > 1 else ''}"
             cells.append(f"{fmt_spread(s.per_gpu, s.n)}<br>{note}")
         anchor = PAPER_ANCHORS.get(model)
-        cells += [fmt_number(a, "–") if anchor else "–"
-                  for a in ((anchor.petals_per_gpu, anchor.flexgen, anchor.flexgen_4bit) if anchor else (None,) * 3)]
+        cells += [fmt_number(anchor.value(a.key) if anchor else None, "–") for a in paper_anchors()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -190,14 +185,14 @@ def claim_flexgen_beats_petals(best: dict[tuple[str, str, str], Summary]) -> Cla
     statement = "FlexGen beats Petals in per-GPU throughput at every network setting (§6.3, Table 17)"
     checks, evidence = [], []
     for model in _models(best):
-        flex = best.get((model, "flexgen", "flexgen"))
-        petals = [(p, s) for (m, sys, p), s in best.items() if m == model and sys == "petals"]
-        if flex is None or not petals:
+        flex = best.get((model, FLEXGEN, ""))
+        swarm = [s for (m, sys, _), s in best.items() if m == model and sys == PETALS]
+        if flex is None or not swarm:
             continue
-        for profile, s in sorted(petals, key=lambda ps: profile_delay_ms(ps[0])):
+        for s in sorted(swarm, key=lambda s: s.first.row.network_order):
             ratio = flex.per_gpu[0] / s.per_gpu[0] if s.per_gpu[0] else float("inf")
             checks.append(ratio > 1)
-            evidence.append(f"{model} {profile_label(profile)}: FlexGen {fmt_number(flex.per_gpu[0])} vs Petals "
+            evidence.append(f"{model} {s.first.row.network_text}: FlexGen {fmt_number(flex.per_gpu[0])} vs Petals "
                             f"{fmt_number(s.per_gpu[0])} tokens/s/GPU (×{ratio:.2f})")
     if not checks:
         return Claim(statement, "no data", "needs FlexGen and Petals rows of one model at prompt 512 / 32")
@@ -208,15 +203,15 @@ def claim_petals_degrades(best: dict[tuple[str, str, str], Summary]) -> Claim:
     statement = "Petals' per-GPU throughput degrades as the network gets slower (more delay, less bandwidth)"
     checks, evidence = [], []
     for model in _models(best):
-        petals = sorted(((p, s) for (m, sys, p), s in best.items() if m == model and sys == "petals"),
-                        key=lambda ps: (profile_delay_ms(ps[0]), -ps[1].per_gpu[0]))
-        if len(petals) < 2:
+        swarm = sorted((s for (m, sys, _), s in best.items() if m == model and sys == PETALS),
+                       key=lambda s: (s.first.row.network_order, -s.per_gpu[0]))
+        if len(swarm) < 2:
             continue
-        base_profile, base = petals[0]
-        for profile, s in petals[1:]:
+        base = swarm[0]
+        for s in swarm[1:]:
             checks.append(s.per_gpu[0] < base.per_gpu[0])
-            evidence.append(f"{model}: {profile_label(base_profile)} {fmt_number(base.per_gpu[0])} → "
-                            f"{profile_label(profile)} {fmt_number(s.per_gpu[0])} tokens/s/GPU")
+            evidence.append(f"{model}: {base.first.row.network_text} {fmt_number(base.per_gpu[0])} → "
+                            f"{s.first.row.network_text} {fmt_number(s.per_gpu[0])} tokens/s/GPU")
     if not checks:
         return Claim(statement, "no data", "needs Petals rows of one model under at least two network profiles")
     return Claim(statement, "yes" if all(checks) else "no", "; ".join(evidence))
@@ -238,19 +233,19 @@ def claim_latency_crossover(best: dict[tuple[str, str, str], Summary]) -> Claim:
                  f"{PAPER_NEW_TOKENS} generated tokens (§6.3's figure)")
     evidence, checks = [], []
     for model in _models(best):
-        flex = best.get((model, "flexgen", "flexgen"))
-        slow = [(p, s) for (m, sys, p), s in best.items() if m == model and sys == "petals" and profile_delay_ms(p) >= 100
-                and profile_delay_ms(p) != float("inf")]
+        flex = best.get((model, FLEXGEN, ""))
+        slow = [s for (m, sys, _), s in best.items() if m == model and sys == PETALS
+                and s.first.row.network is not None and s.first.row.network.delay_ms >= 100]
         if flex is None or not slow:
             continue
-        for profile, s in slow:
+        for s in slow:
             t = crossover_tokens(flex, s)
             if t is None:
-                evidence.append(f"{model} {profile_label(profile)}: no per-token latency to extrapolate")
+                evidence.append(f"{model} {s.first.row.network_text}: no per-token latency to extrapolate")
                 continue
             inside = 1 <= t <= PAPER_NEW_TOKENS
             checks.append(inside)
-            evidence.append(f"{model} {profile_label(profile)}: FlexGen prefill {fmt_number(flex.prefill)} s + "
+            evidence.append(f"{model} {s.first.row.network_text}: FlexGen prefill {fmt_number(flex.prefill)} s + "
                             f"{fmt_number(flex.per_token_latency[0])} s/token, Petals {fmt_number(s.prefill)} s + "
                             f"{fmt_number(s.per_token_latency[0])} s/token: lines cross at {t:.1f} tokens")
     if not checks:

@@ -21,6 +21,7 @@ from bench_client.core.models import ModelSpec, get_model
 from bench_client.swarm.peers import (PeerError, check_literal_peers, pending_address_files, resolve_initial_peers,
                                      wait_for_address_files)
 from bench_client.core.processes import fail
+from bench_client.core.arguments import description
 
 EXIT_MISSING_BLOCKS = 3
 EXIT_UNREACHABLE = 4
@@ -176,7 +177,7 @@ def wait_for_blocks(dht, spec: ModelSpec, timeout: float, poll: float = 2.0, pro
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench_client.swarm", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm", description=description(__doc__))
     p.add_argument("command", choices=["wait", "info"])
     p.add_argument("--initial-peers", "--initial_peers", nargs="+", required=True,
                    help="DHT multiaddrs or @FILE; wait: a FILE not written yet is waited for (within --timeout)")

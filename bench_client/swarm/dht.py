@@ -26,10 +26,11 @@ from secrets import token_hex
 from bench_client import compat
 from bench_client.swarm.peers import PeerError, read_address_file, resolve_initial_peers, write_address_file
 from bench_client.core.processes import exit_on_sigterm, fail
+from bench_client.core.arguments import description
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench_client.swarm.dht", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench_client.swarm.dht", description=description(__doc__))
     parser.add_argument("--address-file", required=True, help="where to write this peer's multiaddrs")
     parser.add_argument("--host-maddrs", nargs="+", default=None, help="listen addresses (default: all, random port)")
     parser.add_argument("--announce-maddrs", nargs="+", default=None, help="addresses announced to other peers")

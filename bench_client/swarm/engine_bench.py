@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from bench_client.core.arguments import description
 from pathlib import Path
 
 
@@ -197,7 +198,7 @@ def bench_step(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.engine_bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.engine_bench", description=description(__doc__))
     sub = p.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny")
     tiny.add_argument("--new-tokens", type=int, default=16)

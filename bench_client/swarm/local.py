@@ -24,6 +24,7 @@ import psutil
 
 from bench_client.core import processes
 from bench_client.core import provenance
+from bench_client.core.arguments import description
 
 PYTHON = sys.executable
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     own, client_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.local", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.local", description=description(__doc__))
     p.add_argument("--model", required=True)
     p.add_argument("--servers", type=int, default=2, help="servers, each holding a contiguous span of blocks")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (all servers on it)")

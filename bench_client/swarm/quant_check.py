@@ -22,6 +22,7 @@ import tempfile
 from importlib.metadata import version as installed_version
 
 from bench_client.core.models import QUANTISED_DTYPES, WEIGHT_DTYPES, get_model, write_model_dir
+from bench_client.core.arguments import description
 
 # LLM.int8 keeps about 2 significant digits per weight; nf4 about 1 (QLoRA). Measured on CPU with
 # bitsandbytes 0.50.2 (docs/engine.md): int8 delta 0.019, nf4 delta ~0.1 at width 512.
@@ -88,7 +89,7 @@ def check(model: str, device: str, dtype: str, batch: int, tokens: int, seed: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.quant_check", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.quant_check", description=description(__doc__))
     p.add_argument("--model", default="netbench/tiny")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="int8", choices=sorted(QUANTISED_DTYPES))

@@ -22,17 +22,19 @@ import time
 from pathlib import Path
 
 from bench_client import compat
-from bench_client.core.models import QUANTISED_DTYPES, WEIGHT_DTYPES, ModelSpec, get_model, parse_block_span, write_model_dir
+from bench_client.core.models import (QUANTISED_DTYPES, WEIGHT_DTYPES, ModelSpec, dummy_block_seed, fill_dummy_weights,
+                                      get_model, parse_block_span, write_model_dir)
 from bench_client.swarm.peers import (PeerError, check_literal_peers, pending_address_files, resolve_initial_peers,
                                      wait_for_address_files, write_address_file)
 from bench_client.core.processes import exit_on_sigterm, fail
+from bench_client.core.arguments import description
 
 DEFAULT_MODELS_DIR = Path(os.environ.get("NETBENCH_MODELS_DIR", Path.home() / ".cache" / "petals-netbench" / "models"))
 PUBLIC_NAME_PREFIX = "netbench"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.server", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench_client.swarm.server", description=description(__doc__))
     p.add_argument("--model", required=True, help="e.g. facebook/opt-30b (see bench_client.core.models)")
     p.add_argument("--initial-peers", nargs="+", required=True, help="DHT multiaddrs, or @FILE written by bench_client.swarm.dht: a FILE that does not exist "
                         "yet is waited for (up to --join-timeout) after the imports, so a server may start "
@@ -192,15 +194,8 @@ def install_dummy_weights(device: str, seed: int, *, hand_over_on_cpu: bool = Fa
         # Allocate directly in the target dtype on the target device: building 30B/175B-sized
         # blocks in float32 on the CPU first would take minutes.
         block = block.to(dtype).to_empty(device=device)
-        generator = torch.Generator(device=device).manual_seed(seed * 100003 + block_index)
-        with torch.no_grad():
-            for name, param in block.named_parameters():
-                if name.endswith("bias"):
-                    param.zero_()
-                elif "layernorm" in name:
-                    param.fill_(1.0)
-                else:
-                    param.normal_(0.0, config.initializer_range, generator=generator)
+        generator = torch.Generator(device=device).manual_seed(dummy_block_seed(seed, block_index))
+        fill_dummy_weights(block, generator, config.initializer_range)
         # servers only infer: bitsandbytes on the CPU runs LLM.int8's matmul only outside training
         # mode (dropout is 0 in these configs, so float blocks compute the same either way)
         block.eval()

@@ -30,7 +30,7 @@ CASES = {
     # docker is implemented by the roles now (tests/isolated/test_site_docker_runtime.py runs it); a runtime without tasks
     # is refused too (tests/unit/test_plan.py::test_runtime_without_role_tasks)
     "unknown-runtime": ({"netbench_runtime": "podman"}, None, "netbench_runtime must be one of process, docker, got 'podman'"),
-    "unknown-system": ({"systems": "petals,vllm"}, None, "expected a comma-separated subset of petals, flexgen"),
+    "unknown-system": ({"systems": "petals,vllm"}, None, "expected a comma-separated subset of petals, flexgen, transformers"),
     "flexgen-without-gpu": ({"systems": "petals,flexgen"}, None, "flexgen, which needs a CUDA GPU"),
     # custom profiles may not pass for the unshaped or the paper's rows
     "reserved-profile-none": ({"profiles": [{"name": "none", "delay": "10ms"}]}, None,

@@ -14,7 +14,7 @@ from bench_client.core import metrics
 from bench_client.core.metrics import GenerateTiming
 from bench_client.core.models import MODELS, get_model, parse_block_span, split_blocks, validate_dht_prefix
 from bench_client.swarm.peers import PeerError, resolve_initial_peers
-from bench_client.core.results import ResultsFileError, ResultsWriter, TsvRow, metadata_path_for, read_tsv
+from bench_client.core.results import ResultRecord, ResultsFileError, ResultsWriter, TsvRow, metadata_path_for, read_tsv
 from bench_client.core.sweep import (SweepPoint, attention_cache_tokens, build_sweep, parse_token_sweep, remaining, repeat_of,
                                 repeat_sweep)
 
@@ -158,8 +158,8 @@ def test_writer_appends_resumes_and_repairs_a_torn_line(tmp_path):
     writer = ResultsWriter(out)
     assert writer.metadata == tmp_path / "out.jsonl"
     writer.prepare()
-    writer.append(TsvRow(1, 2, 6, 256, 32, 1.5, 2.5), {"prompt_length": 256})
-    writer.append(TsvRow(2, 1, 6, 256, 32, 1.5, 2.5), {"prompt_length": 256})
+    writer.append(TsvRow(1, 2, 6, 256, 32, 1.5, 2.5), ResultRecord(prompt_length=256))
+    writer.append(TsvRow(2, 1, 6, 256, 32, 1.5, 2.5), ResultRecord(prompt_length=256))
     with open(out, "a") as handle:
         handle.write("1\t2\t6\t512\t3")  # a crash in the middle of a write
     assert writer.done(1, 2, 6) == Counter({SweepPoint(256, 32): 1})

@@ -17,23 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from bench_client import flexgen
-from bench_client.flexgen import (
-    Estimate,
-    FlexGenLogError,
-    Policy,
-    StandInTokenizer,
-    Trial,
-    TrialFailed,
-    Workload,
-    classify,
-    estimate,
-    flexgen_args,
-    h200,
-    parse_log,
-    plan_search,
-    search,
-)
+from bench_client.flexgen import cli as flexgen
+from bench_client.flexgen.log import FlexGenLogError, parse_log
+from bench_client.flexgen.policy import Estimate, Policy, Workload, estimate, h200, plan_search
+from bench_client.flexgen.tokenizer import StandInTokenizer
+from bench_client.flexgen.trials import Trial, TrialFailed, classify, flexgen_args, search
 from bench_client.core.models import get_model
 from bench_client.report.data import Defaults, load_results
 
@@ -190,10 +178,10 @@ def test_cli_search_repeats_rows_and_resume(tmp_path):
     rows = (tmp_path / "out.tsv").read_text().splitlines()
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and [r["repeat"] for r in records] == [0, 1]
-    best = records[0]["policy"]
+    best = records[0]["system_fields"]["policy"]  # FlexGen's own field
     assert rows[0].split("\t")[:5] == [str(best["gpu_batch_size"]), str(best["num_gpu_batches"]), "1", "512", "32"]
     r = records[0]
-    assert r["system"] == "flexgen" and r["num_gpus"] == 1 and r["tokenizer"].startswith("stand-in")
+    assert r["system"] == "flexgen" and r["num_gpus"] == 1 and r["system_fields"]["tokenizer"].startswith("stand-in")
     assert r["per_gpu_throughput"] == r["total_throughput"] == pytest.approx(best["num_sequences"] * 32 / 1.645)
     assert r["per_token_latency_s"] == pytest.approx(1.563 / 31)
 
@@ -258,7 +246,7 @@ def test_a_trial_dies_with_its_parent(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import subprocess, sys\n"
-        "from bench_client.flexgen import _die_with_parent\n"
+        "from bench_client.flexgen.trials import _die_with_parent\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True,\n"
         "                         preexec_fn=_die_with_parent)\n"
         "print(child.pid, flush=True)\n"

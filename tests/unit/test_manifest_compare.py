@@ -82,10 +82,10 @@ def test_compare_two_runs(tmp_path: Path, capsys):
     text = capsys.readouterr().out
     assert text == (tmp_path / "cmp" / "compare.md").read_text()
     # Petals, no shaping: median per GPU 2*6*32/7/4 = 13.7 in A, 2*6*32/3.5/4 = 27.4 in B: +100 %
-    row = next(line for line in text.splitlines() if "| petals |" in line and "no shaping" in line)
+    row = next(line for line in text.splitlines() if "| Petals |" in line and "no shaping" in line)
     assert "13.7 [12.0–16.0] (n=3)" in row and "27.4 [24.0–32.0] (n=3)" in row and "+100.0 %" in row
-    assert "Only in run-a: facebook/opt-30b, petals, float16, 10 ms / 1 Gbit/s" in text
-    assert "Only in run-b: facebook/opt-30b, flexgen" in text
+    assert "Only in run-a: facebook/opt-30b, Petals, float16, 10 ms / 1 Gbit/s" in text
+    assert "Only in run-b: facebook/opt-30b, FlexGen" in text
     assert "| extra_vars.repeats | 3 | 1 |" in text
 
 

@@ -142,14 +142,24 @@ def test_cli_prints_plan_or_one_line_error():
 
 
 def test_systems_default_petals_and_flexgen_on_the_first_gpu_server_host():
-    assert make_plan(config())["systems"] == ["petals"] and make_plan(config())["flexgen_host"] is None
+    plan = make_plan(config())
+    assert plan["systems"] == ["petals"] and plan["system_hosts"] == {} and plan["one_host_systems"] == []
     hosts = {h: {"device": "cuda", "gpus_mib": [143771], "mem_kb": 128 * GIB_KB} for h in ("g1", "g2")}
-    plan = make_plan(config(model="facebook/opt-6.7b", systems="petals,flexgen", hosts=hosts,
+    plan = make_plan(config(model="facebook/opt-6.7b", systems="petals,flexgen,transformers", hosts=hosts,
                             groups={"dht": ["g1"], "servers": ["g1", "g2"], "clients": ["g1"]}))
-    assert plan["systems"] == ["petals", "flexgen"] and plan["flexgen_host"] == "g1"
+    assert plan["systems"] == ["petals", "flexgen", "transformers"]
+    assert plan["system_hosts"] == {"flexgen": "g1", "transformers": "g1"}
+    assert plan["one_host_systems"] == [{"name": "flexgen", "role": "flexgen_bench", "host": "g1"},
+                                        {"name": "transformers", "role": "transformers_bench", "host": "g1"}]
 
 
-@pytest.mark.parametrize("systems, expected", [("petals,vllm", "subset of petals, flexgen"), (",", "subset"),
+def test_transformers_runs_on_a_cpu_server_where_no_server_has_a_gpu():
+    """Its tests run the tiny model on the CPU; FlexGen needs CUDA and is refused there."""
+    plan = make_plan(config(systems="petals,transformers"))
+    assert plan["system_hosts"] == {"transformers": plan["groups"]["servers"][0]}
+
+
+@pytest.mark.parametrize("systems, expected", [("petals,vllm", "subset of petals, flexgen, transformers"), (",", "subset"),
                                                 ("flexgen", "must include petals"),
                                                 ("petals,flexgen", "needs a CUDA GPU")])
 def test_bad_systems(systems, expected):

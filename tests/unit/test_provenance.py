@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from bench_client.core import provenance
-from bench_client.core.results import ResultsWriter, TsvRow, read_metadata
+from bench_client.core.results import ResultRecord, ResultsWriter, TsvRow, read_metadata
 
 
 def test_rows_record_the_bare_client_and_this_checkouts_commit(tmp_path, monkeypatch):
@@ -14,7 +14,7 @@ def test_rows_record_the_bare_client_and_this_checkouts_commit(tmp_path, monkeyp
     head = subprocess.run(["git", "-C", str(provenance.PROJECT_DIR), "rev-parse", "HEAD"], capture_output=True,
                           text=True, check=True).stdout.strip()
     writer = ResultsWriter(tmp_path / "out.tsv")
-    writer.append(TsvRow(1, 1, 1, 16, 4, 1.0, 1.0), {"status": "ok"})
+    writer.append(TsvRow(1, 1, 1, 16, 4, 1.0, 1.0), ResultRecord(status="ok"))
     [row] = read_metadata(tmp_path / "out.jsonl")
     assert row["launcher"] == "client" and row["git"]["commit"] == head and isinstance(row["git"]["dirty"], bool)
     assert row["git"]["source"] == "git"
@@ -28,7 +28,7 @@ def test_a_launchers_word_wins_over_git(tmp_path, monkeypatch):
                                                      provenance.COMMIT_ENV: "0123abc", provenance.DIRTY_ENV: "true"}
     monkeypatch.setenv(provenance.LAUNCHER_ENV, "ansible")
     writer = ResultsWriter(tmp_path / "out.tsv")
-    writer.append_metadata({"status": "failed", "launcher": "someone else", "git": None})
+    writer.append_metadata(ResultRecord(status="failed", launcher="someone else", git=None))
     [row] = read_metadata(tmp_path / "out.jsonl")
     # the writer's word: no --extra-metadata file can pass a row off as another launcher's
     assert row["git"] == {"commit": "0123abc", "dirty": True, "source": "launcher"} and row["launcher"] == "ansible"

@@ -363,7 +363,7 @@ BAD_INPUTS = {
     "jsonl latency differs": (_bad_jsonl(_set(2, mean_generate_latency_s=9.0)), ":3: mean_generate_latency_s 9.0 does not"),
     "jsonl per-gpu wrong": (_bad_jsonl(_set(3, per_gpu_throughput=1e6)), ":4: per_gpu_throughput 1000000.0 is not"),
     "jsonl not json": (_bad_jsonl(lambda lines, _: lines.__setitem__(1, "{oops")), ":2: not valid JSON"),
-    "jsonl wrong schema": (_bad_jsonl(_set(0, schema=2)), ":1: schema 2 is not supported"),
+    "jsonl wrong schema": (_bad_jsonl(_set(0, schema=3)), ":1: schema 3 is not supported"),
     "jsonl bad status": (_bad_jsonl(_set(0, status="done")), ":1: status 'done'"),
     "jsonl record missing": (_bad_jsonl(lambda lines, _: lines.pop()), "out.tsv:5: no record in"),
     "jsonl record extra": (_bad_jsonl(lambda lines, r: lines.append(json.dumps(dict(r[4], prompt_length=256)))),
@@ -524,7 +524,7 @@ def test_one_profile_name_at_two_network_conditions_is_never_merged(tmp_path: Pa
     assert report_main(["--compare", str(root / "r10"), str(root / "r100"), "--out", str(tmp_path / "cmp")]) == 0
     text = capsys.readouterr().out
     assert "No configuration was measured in both runs." in text, text
-    assert "Only in r10: " in text and "wan (10 ms, 100 Mbit/s, limit 1000)" in text
+    assert "Only in r10: " in text and "10 ms / 100 Mbit/s (wan)" in text
 
 
 def test_the_headline_never_calls_cpu_servers_gpus(tmp_path: Path):

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 from test_report import record, write_run
 
-from bench_client.flexgen import Policy, Trial, Workload, parse_log, row_and_record
+from bench_client.flexgen.cli import row_and_record
+from bench_client.flexgen.log import parse_log
+from bench_client.flexgen.policy import Policy, Workload
+from bench_client.flexgen.trials import Trial
 from bench_client.core.models import get_model
 from bench_client.report.cli import main
-from bench_client.report.summary import crossover_tokens, profile_label, summarize
+from bench_client.report.data import Network, ResultRow
+from bench_client.report.summary import crossover_tokens, summarize
 from bench_client.report.table import derive_all
 from bench_client.report.data import Defaults, load_results
 from bench_client.core.results import ResultsWriter
@@ -46,11 +50,48 @@ def write_petals(root: Path, per_profile: dict[str, list[float]]) -> None:
         write_run(root / profile, records)
 
 
+def profile_label(name: str | None, system: str = "petals", network: dict | None = None) -> str:
+    row = ResultRow("x.tsv", 1, 2, 1, 6, 512, 32, 1.0, 1.0, network_profile=name, profile_name=name,
+                    system=system, network=Network.of(name, network))
+    return row.network_text
+
+
 def test_labels():
+    """Without a network record (a TSV given --network-profile), a paper-style name still says its conditions."""
     assert profile_label("paper-10ms-100mbit") == "10 ms / 100 Mbit/s"
     assert profile_label("100ms-1gbit") == "100 ms / 1 Gbit/s"
     assert profile_label("none") == "no shaping" and profile_label("none", "flexgen") == "one GPU (no network)"
+    assert profile_label("none", "transformers") == "one GPU (no network)"
     assert profile_label("lan-custom") == "lan-custom"
+
+
+def _applied(delay_ms: float, rate_mbit: float) -> dict:
+    """A row's network section as the bench_client role records it: applied profile and measured per server."""
+    return {"profile": {"name": "wan", "delay_ms": delay_ms, "jitter_ms": 0.0, "rate_mbit": rate_mbit,
+                        "loss_pct": 0.0, "limit": 1000},
+            "hosts": {"s1": {"rtt_ms": 2 * delay_ms + 0.3, "rate_mbit": 0.95 * rate_mbit}}}
+
+
+def test_a_custom_profile_is_labelled_by_what_the_results_record_not_by_its_name():
+    assert profile_label("wan", network=_applied(50, 20)) == "50 ms / 20 Mbit/s (wan)"
+    # a name that looks like a paper profile's says nothing: what was applied does
+    assert profile_label("10ms-1gbit", network=_applied(100, 100)) == "100 ms / 100 Mbit/s"
+    network = Network.of("wan", _applied(50, 20))
+    assert (network.measured_rtt_ms, network.measured_rate_mbit) == (100.3, 19.0)
+
+
+def test_a_custom_profile_named_wan_is_ordered_by_its_delay_and_rate(tmp_path: Path):
+    """Columns of Table 17 as the paper lays it out, mildest network first: 'wan' (50 ms, 20 Mbit/s)
+    after 10 ms / 100 Mbit/s and before 100 ms / 100 Mbit/s (by name it sorted last, labelled 'wan')."""
+    write_petals(tmp_path, {"paper-10ms-100mbit": [9.0], "paper-100ms-100mbit": [20.0]})
+    records = [{**record(2, 1, 6, 512, 32, 2 * 6 * 32 / 12.0, 12.0, profile="wan"), "system": "petals",
+                "network": _applied(50, 20)}]
+    write_run(tmp_path / "wan", records)
+    assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    layout = (tmp_path / "report" / "table17.md").read_text().split("## As the paper lays it out")[1]
+    header = next(line for line in layout.splitlines() if line.startswith("| model |"))
+    columns = [c.strip() for c in header.strip("|").split("|")][1:4]
+    assert columns == ["Petals, 10 ms / 100 Mbit/s", "Petals, 50 ms / 20 Mbit/s (wan)", "Petals, 100 ms / 100 Mbit/s"]
 
 
 def test_paper_layout_medians_and_claims_that_hold(tmp_path: Path, capsys):

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from bench_client.core.results import ResultsFileError, ResultsWriter, TsvRow, append_line, read_metadata, read_tsv
+from bench_client.core.results import (ResultRecord, ResultsFileError, ResultsWriter, TsvRow, append_line, read_metadata,
+                                       read_tsv)
 
 PAGE = 4096
 
 
-def _row(prompt: int) -> tuple[TsvRow, dict]:
+def _row(prompt: int) -> tuple[TsvRow, ResultRecord]:
     return (TsvRow(1, 1, 1, prompt, 4, 10.0, 0.5),
-            {"batch_size": 1, "num_micro_batches": 1, "num_processes": 1, "prompt_length": prompt, "new_tokens": 4,
-             "status": "ok", "model": "netbench/tiny", "padding": "x" * 200})
+            ResultRecord.of({"batch_size": 1, "num_micro_batches": 1, "num_processes": 1, "prompt_length": prompt,
+                             "new_tokens": 4, "status": "ok", "model": "netbench/tiny", "padding": "x" * 200}))
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def test_a_record_left_without_its_row_is_measured_again(tmp_path: Path):
     metadata is still refused, never cut."""
     writer = ResultsWriter(tmp_path / "out.tsv")
     writer.append(*_row(16))
-    append_line(tmp_path / "out.jsonl", json.dumps({**_row(32)[1], "schema": 1}) + "\n")  # the first half of a pair
+    append_line(tmp_path / "out.jsonl", json.dumps(_row(32)[1].to_dict()) + "\n")  # the first half of a pair
     again = ResultsWriter(tmp_path / "out.tsv")
     again.prepare()
     again.check_identity({"model": "netbench/tiny"})
