@@ -63,7 +63,12 @@ def test_a_record_of_an_unknown_system_is_still_reported_under_its_name():
 
 
 def test_cleanup_stops_every_one_host_system():
-    plays = yaml.safe_load((ROOT / "playbooks" / "cleanup.yml").read_text())
-    stopped = {role for play in plays for task in play.get("tasks", []) for role in task.get("loop", [])
-               if task.get("ansible.builtin.include_role", {}).get("tasks_from") == "stop"}
-    assert {s.role for s in registry.SYSTEMS.values() if s.hosts is not Hosts.SWARM} <= stopped
+    # cleanup stops every pidfile of each host's run/ directories in one daemon stop
+    # (playbooks/tasks/stop_processes.yml): each one-host system's pidfile must be in one of them
+    stop = (ROOT / "playbooks" / "tasks" / "stop_processes.yml").read_text()
+    for system in registry.SYSTEMS.values():
+        if system.hosts is Hosts.SWARM:
+            continue
+        role_vars = yaml.safe_load((ROOT / "roles" / system.role / "vars" / "main.yml").read_text())
+        assert role_vars[f"{system.role}_pidfile"].startswith(f"{{{{ {system.role}_workdir }}}}/run/"), system
+        assert f"{system.role}_workdir | default(netbench_workdir)" in stop, system
