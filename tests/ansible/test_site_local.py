@@ -374,3 +374,29 @@ def test_a_host_with_another_bench_client_gets_the_controllers_or_is_refused(tmp
     assert found == [code_hash(), str(site / "bench_client" / "core" / "provenance.py")]
     again = run_experiment(extravars=common, tags="provision", out=io.StringIO())
     assert again.ok and again.changed() == {"localhost": 0}, again.stats
+
+
+def test_a_host_that_cannot_get_the_swarm_stack_is_refused_before_any_change(tmp_path):
+    """A host whose Python has no stack and nothing to install one with: Python 3.9 without its venv
+    module, too little free disk, CUDA torch asked for without an NVIDIA driver. Provisioning names every
+    reason in one refusal, before the work directory is made (bench_client.orchestration.stack and
+    roles/netbench_host tasks/stack_check.yml)."""
+    python = tmp_path / "python3.9"
+    python.write_text("#!/bin/sh\n# a Python 3.9 without venv: it answers the probe's questions only\n"
+                      "case \"$2\" in *'%d.%d.%d'*) echo 3.9.2;; *'cp%d%d'*) echo cp39;; *) exit 1;; esac\n")
+    python.chmod(0o755)
+    workdir = tmp_path / "work"
+    run = run_experiment(extravars={"netbench_workdir": str(workdir), "results_dir": str(tmp_path / "results"),
+                                    "netbench_python": str(python), "netbench_host_torch": "cuda",
+                                    "netbench_host_stack_min_free_mib": 1 << 40},
+                         tags="provision", out=io.StringIO())
+    assert run.rc != 0
+    [failure] = run.failures
+    assert failure.task == "netbench_host : Refuse a host that lacks the stack and what it needs to install one"
+    reasons = ["its Python is 3.9.2, the stack needs 3.10 or newer", "has no venv module (install python3-venv",
+               f"MiB are free for {workdir}/stack, the stack needs {1 << 40}", "nothing was changed"]
+    if not shutil.which("nvidia-smi"):  # a GPU machine has the driver
+        reasons.append("but the host has no NVIDIA driver")
+    for reason in reasons:
+        assert reason in failure.message, failure.message
+    assert not workdir.exists()
