@@ -192,11 +192,11 @@ def test_local_site_end_to_end_idempotent_and_clean(tmp_path, monkeypatch):
         for name in ("none", "lan-a", "lan-b"):
             rows = [json.loads(line) for line in (run.results_dir / name / "out.jsonl").read_text().splitlines()]
             assert [(m["status"], m["network_profile"]) for m in rows] == [("ok", name)] * 2
-            pools[name] = {tuple(m["client_pids"]) for m in rows}
+            pools[name] = {tuple(m["system_fields"]["client_pids"]) for m in rows}  # the client's own fields
         assert len(pools["lan-a"]) == 1 and pools["lan-a"] == pools["lan-b"] != pools["none"], pools
         # the warm-up (--warmup shape): a whole prompt the first time a pool meets a shape (prompt 16, 32),
         # a 1-token prompt at the next profile of the same session
-        warmups = {name: [(m["warmup"], m["warmup_kind"]) for m in map(json.loads, (run.results_dir / name / "out.jsonl")
+        warmups = {name: [(m["system_fields"]["warmup"], m["system_fields"]["warmup_kind"]) for m in map(json.loads, (run.results_dir / name / "out.jsonl")
                                                                         .read_text().splitlines())]
                    for name in ("none", "lan-a", "lan-b")}
         assert warmups == {"none": [("shape", "full")] * 2, "lan-a": [("shape", "full")] * 2,
