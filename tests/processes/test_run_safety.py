@@ -21,7 +21,7 @@ import pytest
 
 from bench_client.core.daemon import Record, is_running
 from bench_client.core.processes import start_ticks
-from bench_client.core.results import ResultsWriter, TsvRow
+from bench_client.core.results import ResultRecord, ResultsWriter, TsvRow
 
 PEER = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWMqGg3Zdg4XvFxZD8cojWEqgqqJevewu4hpPzEWsjPtA9"
 MEASURED = {"model": "netbench/tiny", "dht_prefix": "netbench/tiny", "client_dtype": "float32",
@@ -32,7 +32,7 @@ MEASURED = {"model": "netbench/tiny", "dht_prefix": "netbench/tiny", "client_dty
 def rows_of(**changes) -> Callable[[Path], None]:
     """An output with one row measured with MEASURED (plus ``changes``), written by the real writer."""
     def make(tmp: Path) -> None:
-        ResultsWriter(tmp / "out.tsv").append(TsvRow(1, 1, 1, 8, 2, 1.5, 0.5), {**MEASURED, **changes})
+        ResultsWriter(tmp / "out.tsv").append(TsvRow(1, 1, 1, 8, 2, 1.5, 0.5), ResultRecord.of({**MEASURED, **changes}))
     return make
 
 
