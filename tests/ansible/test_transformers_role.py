@@ -1,7 +1,8 @@
 """The transformers system through site.yml on the local inventory: -e systems=petals,transformers
 --tags transformers runs the pre-flight and the one-host systems' play alone (no swarm), the model on
 this machine's CPU (the tiny model, really run), the rows fetched to results/<run_id>/transformers/;
-`--tags cleanup` then runs the role's stop entry point."""
+`--tags cleanup` then stops whatever of it still runs (its pidfile is in run/, which cleanup's one
+daemon stop per host covers: playbooks/tasks/stop_processes.yml)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench_client.core.daemon import Record, is_running
 from bench_client.orchestration.runner import run_experiment
 
 pytestmark = pytest.mark.slow
@@ -33,4 +35,7 @@ def test_site_runs_transformers_alone_and_cleanup_stops_it(tmp_path: Path):
     cleanup = io.StringIO()
     stopped = run_experiment(extravars=common, tags="cleanup", out=cleanup)
     assert stopped.ok, cleanup.getvalue()[-5000:]
-    assert "transformers_bench : Stop a transformers benchmark that is still running" in cleanup.getvalue()
+    assert "Find this host's pidfiles and address files" in cleanup.getvalue()
+    pidfile = tmp_path / "work" / "run" / "transformers.pid"
+    record = Record.load(pidfile) if pidfile.exists() else None
+    assert record is None or not is_running(record)
