@@ -390,6 +390,15 @@ def leftovers(host: LabHost) -> tuple[dict[int, str], list[str]]:
     return processes, listening
 
 
+def settled_leftovers(host: LabHost, timeout: float = 15.0) -> tuple[dict[int, str], list[str]]:
+    """leftovers() once nothing is left, or after ``timeout``: Ansible's async_wrapper, the parent of a
+    client's `daemon run` that a cleanup stopped, exits on its own poll (every 5 s), not at once."""
+    deadline = time.monotonic() + timeout
+    while (found := leftovers(host)) != ({}, []) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench_client.netem.lab", description=description(__doc__))
     parser.add_argument("action", choices=["up", "down"])

@@ -149,9 +149,4 @@ def test_client_host_dropout_fails_play_promptly_and_unshapes_servers(lab, capsy
     assert cleanup.returncode == 0, output[-4000:]
     for host in (h1, h2, h3):
         assert netns_lab.our_qdiscs(host.netns) == [], host.name
-        # on h1, Ansible's async_wrapper (the parent of the client's `daemon run`, which cleanup
-        # stopped) exits once its own poll, every 5 s, sees its job gone; nothing may outlive that
-        deadline = time.monotonic() + 15
-        while netns_lab.leftovers(host) != ({}, []) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert netns_lab.leftovers(host) == ({}, []), host.name
+        assert netns_lab.settled_leftovers(host) == ({}, []), host.name

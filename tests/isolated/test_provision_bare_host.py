@@ -85,4 +85,4 @@ def test_a_bare_server_host_is_provisioned_from_the_wheelhouse_serves_and_is_ide
         cleanup, output = petals_netbench(lab_dir, inventory, "--cleanup")
     assert cleanup["rc"] == 0, output[-4000:]
     for name, host in hosts.items():
-        assert netns_lab.leftovers(host) == ({}, []), name
+        assert netns_lab.settled_leftovers(host) == ({}, []), name

@@ -206,4 +206,4 @@ def test_emulated_swarm_shaped_idempotent_and_cleaned(lab):
 
     for name, host in hosts.items():
         assert netns_lab.our_qdiscs(host.netns) == [], name
-        assert netns_lab.leftovers(host) == ({}, []), name
+        assert netns_lab.settled_leftovers(host) == ({}, []), name
